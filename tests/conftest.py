@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny model trained once per test session on a small built-in corpus."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tinyllm.config import preset
+from tinyllm.dataset import DataSpec
+from tinyllm.train import Trainer, train_config_for
+
+# Small enough to train in seconds on two cores, large enough for a validation split of a few
+# chunks of the test preset's 128-token context.
+TEST_CORPUS_SIZE = 300_000
+TEST_STEPS = 60
+
+
+def in_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def require(module: str, install: str):
+    """Import an optional test dependency: skip locally, fail in CI (where it must be present)."""
+    try:
+        return __import__(module)
+    except ImportError:
+        if in_ci():
+            pytest.fail(f"{module} is not installed; CI installs it with: {install}")
+        pytest.skip(f"{module} not installed ({install})")
+
+
+def tiny_train_config(**overrides):
+    spec = DataSpec(source="builtin", size=TEST_CORPUS_SIZE, seed=0)
+    return train_config_for("test", **{"steps": TEST_STEPS, "device": "cpu", "data": spec, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A `test`-preset checkpoint directory trained on the built-in corpus."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    Trainer(preset("test"), tiny_train_config(), out, quiet=True).run()
+    return out
