@@ -16,7 +16,7 @@ from tqdm import tqdm
 from tinyllm.chat import SPECIAL_TOKENS
 from tinyllm.dataset import DataSpec, load_splits, tokenize
 from tinyllm.errors import TinyLLMError
-from tinyllm.perplexity import perplexity, scored_targets, unigram_perplexity
+from tinyllm.perplexity import scored_targets, unigram_perplexity
 from tinyllm.runtime import Runtime, load_runtime
 
 
@@ -61,16 +61,15 @@ def evaluate(runtime: Runtime, data: str = "validation", n_ctx: int | None = Non
     n_ctx = n_ctx or runtime.n_ctx
     if n_ctx > runtime.n_ctx:
         raise TinyLLMError(f"--ctx {n_ctx} is longer than the model's context ({runtime.n_ctx})")
-    tokens = runtime.tokenizer.encode(text, parse_special=False)
-    with tqdm(total=len(tokens) // max(n_ctx, 1), desc="perplexity", unit="chunk", disable=not progress,
-              file=sys.stderr, leave=False) as bar:
-        result = perplexity(runtime.logits, tokens, n_ctx, progress=bar.update)
+    with tqdm(desc="perplexity", unit="chunk", disable=not progress, file=sys.stderr, leave=False) as bar:
+        result = runtime.perplexity(text, n_ctx, progress=bar.update)
     report = {"data": data, "n_ctx": n_ctx, "ppl": result.ppl, "nll": result.nll,
               "n_tokens": result.n_tokens, "n_chunks": result.n_chunks}
     if spec is not None:
         if train_docs is None:
             train_docs, _ = load_splits(spec)
         train_tokens = tokenize(runtime.tokenizer, train_docs)
+        tokens = runtime.tokenizer.encode(text, parse_special=False)
         report["unigram_ppl"] = unigram_perplexity(train_tokens, scored_targets(tokens, n_ctx),
                                                    runtime.tokenizer.vocab_size)
     return report

@@ -63,7 +63,7 @@ def _stream(runtime: Runtime, ids: list[int], max_new_tokens: int, sampler: Samp
             on_text: Callable[[str], None] | None) -> str:
     decoder = runtime.tokenizer.stream_decoder()
     pieces = []
-    for token in generate_tokens(runtime, ids, max_new_tokens, sampler, stop_ids(runtime)):
+    for token in runtime.generate(ids, max_new_tokens, sampler, stop_ids(runtime)):
         piece = decoder.push(token)
         pieces.append(piece)
         if on_text and piece:

@@ -1,8 +1,8 @@
 """Runtimes: one small interface (`base.Runtime`), one backend per engine.
 
-The PyTorch backend lives here from the start; onnxruntime and llama.cpp backends join it with
-their exporters. Everything above (generation, chat, perplexity, the bench) talks only to
-`Runtime`, so the logic is written once.
+`load_runtime` picks the backend from what the path holds: a `.gguf` file runs on llama.cpp, a
+directory with `model.onnx` on onnxruntime, a checkpoint directory on PyTorch. Everything above
+(generation, chat, perplexity, the bench) talks only to `Runtime`, so the logic is written once.
 """
 
 from pathlib import Path
@@ -12,6 +12,15 @@ from tinyllm.runtime.base import Runtime
 
 def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runtime:
     """Open a model file or directory with the backend its format needs."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from tinyllm.runtime.llama_cpp_runtime import LlamaCppRuntime
+
+        return LlamaCppRuntime.load(path, device=device, threads=threads)
+    if (path / "model.onnx").is_file():
+        from tinyllm.runtime.onnx_runtime import OnnxRuntime
+
+        return OnnxRuntime.load(path, device=device, threads=threads)
     from tinyllm.runtime.torch_runtime import TorchRuntime
 
     return TorchRuntime.load(path, device=device, threads=threads)

@@ -7,10 +7,12 @@ PyTorch, onnxruntime and llama.cpp, so sampling and perplexity are written once 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from tinyllm.perplexity import PerplexityResult, perplexity
+from tinyllm.sampling import Sampler, SamplingParams
 from tinyllm.tokenizer import Tokenizer
 
 
@@ -39,6 +41,25 @@ class Runtime(ABC):
         out = self.forward(ids)
         self.reset()
         return out
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, sampler: Sampler | SamplingParams,
+                 stop: set[int]) -> Iterator[int]:
+        """New token ids until a stop token (not yielded) or `max_new_tokens`.
+
+        The default runs tinyllm's cached decode loop on `forward()` with tinyllm's sampler; a
+        backend with its own sampler (llama.cpp) overrides this and maps the same parameters.
+        """
+        from tinyllm.generate import generate_tokens
+
+        if isinstance(sampler, SamplingParams):
+            sampler = Sampler(sampler)
+        return generate_tokens(self, prompt_ids, max_new_tokens, sampler, stop)
+
+    def perplexity(self, text: str, n_ctx: int, progress: Callable[[int], None] | None = None) -> PerplexityResult:
+        """Perplexity of `text` by llama-perplexity's method: tokenized once, no BOS, special-token
+        strings as plain text. A backend with its own tool for this (llama.cpp) overrides it."""
+        tokens = self.tokenizer.encode(text, parse_special=False)
+        return perplexity(self.logits, tokens, n_ctx, progress)
 
     def describe(self) -> str:
         """One line on what runs: backend, device, kernels."""
