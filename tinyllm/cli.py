@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from export.cli import main as export_main
 from tinyllm import __version__
 from tinyllm.cli_support import Group
 from tinyllm.data import BUILTIN_DEFAULT_SIZE, corpus_stats, load_documents, write_corpus
@@ -31,6 +32,7 @@ def main():
 
 
 main.add_command(train_command, "train")
+main.add_command(export_main, "export")
 
 
 def sampling_options(fn):
@@ -207,3 +209,7 @@ def doctor():
     for line in describe_devices():
         click.echo(f"  {line}")
     click.echo(f"torch CUDA build: {torch.version.cuda or 'none (CPU build)'}")
+
+
+if __name__ == "__main__":
+    main()

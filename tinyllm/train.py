@@ -1,17 +1,18 @@
 """Training: from a data source to a checkpoint directory, resumable step for step.
 
-`tinyllm train` and `python -m tinyllm.train` take the same flags. The output directory is itself
-a loadable checkpoint (latest weights) with the best-by-validation weights in `best/`, the metrics
-in `metrics.jsonl` and everything needed to resume in `training_state.safetensors` (weights,
-AdamW moments and a JSON header: no pickles). Batches are a pure function of (seed, step), so a
-resumed run continues exactly where the interrupted one stopped.
+`tinyllm train` and `python -m tinyllm.train` take the same flags; under `torchrun` (or
+`tinyllm train --nproc N`) the same code runs as DistributedDataParallel. The output directory is
+itself a loadable checkpoint (latest weights) with the best-by-validation weights in `best/`, the
+metrics in `metrics.jsonl` and everything needed to resume in `training_state.safetensors`.
+Each step's global batch is a pure function of (seed, step), and each rank takes its slice of
+it, so a resumed run, or a run with another number of processes, trains on the same batches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -22,20 +23,20 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tinyllm.checkpoint import (TOKENIZER_FILE, read_tensors, save_checkpoint, save_weights,
-                                write_checkpoint_files)
+from tinyllm.checkpoint import TOKENIZER_FILE, save_checkpoint, save_weights, write_checkpoint_files
 from tinyllm.cli_support import Command
 from tinyllm.config import ModelConfig, apply_overrides, preset
-from tinyllm.dataset import DataSpec, batch_offsets, eval_offsets, load_splits, tokenize, windows
 from tinyllm.data import BUILTIN_DEFAULT_SIZE
+from tinyllm.dataset import DataSpec, batch_offsets, eval_offsets, load_splits, tokenize, windows
 from tinyllm.devices import resolve_device
+from tinyllm.distributed import Distributed, launch
 from tinyllm.errors import TinyLLMError
-from tinyllm.fileio import atomic_write, atomic_write_text
 from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
+from tinyllm.train_state import MetricsLog, load_training_state, save_training_state
 
 STATE_FILE = "training_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -58,6 +59,7 @@ class TrainConfig:
     eval_windows: int = 32  # validation windows of max_seq_len tokens
     seed: int = 0
     device: str = "auto"
+    compile: bool = False  # torch.compile the training step
     data: DataSpec = field(default_factory=DataSpec)
 
 
@@ -97,56 +99,39 @@ def autocast_context(device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-# -- training state: safetensors + a JSON header, never pickle --------------------------------
-
-
-def save_training_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, header: dict) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if not (k == "lm_head.weight" and model.config.tie_embeddings)}
-    opt = optimizer.state_dict()
-    for index, state in opt["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    header = {**header, "param_groups": opt["param_groups"]}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tinyllm": json.dumps(header)}))
-
-
-def load_training_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict:
-    from safetensors import safe_open
-
-    tensors = read_tensors(path)
-    with safe_open(str(path), "pt") as f:
-        header = json.loads(f.metadata()["tinyllm"])
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
-                          strict=False)
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
-    return header
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
+class LossOfBatch(torch.nn.Module):
+    """The model's loss as a module's forward, which is what DDP and torch.compile wrap."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x, y)
+
+
 class Trainer:
-    """One training run writing into `out`; `run()` trains until the configured step count."""
+    """One training run writing into `out`; `run()` trains until the configured step count.
+
+    In a multi-process run every rank builds a Trainer; rank 0 alone writes files and logs.
+    """
 
     def __init__(self, model_config: ModelConfig, cfg: TrainConfig, out: str | Path,
-                 resume: bool = False, force: bool = False, quiet: bool = False):
-        self.cfg, self.out, self.quiet = cfg, Path(out), quiet
-        self._validate(cfg, model_config)
-        self.device = resolve_device(cfg.device)
+                 resume: bool = False, force: bool = False, quiet: bool = False,
+                 dist: Distributed | None = None):
+        self.cfg, self.out = cfg, Path(out)
+        self.dist = dist or Distributed.single()
+        self.quiet = quiet or not self.dist.is_main
+        self._validate(cfg, model_config, self.dist.world_size)
+        self.device = self.dist.device_for(resolve_device(cfg.device))
         self._prepare_output(resume, force)
+        self.metrics = MetricsLog(self.out / METRICS_FILE)
         self._log(f"data: {cfg.data.source} (seed {cfg.data.seed})")
         train_docs, val_docs = load_splits(cfg.data)
-        if resume:
-            self.tokenizer = Tokenizer.load(self.out / TOKENIZER_FILE)
-        else:
-            self._log(f"training a {model_config.vocab_size}-token byte-level BPE tokenizer")
-            self.tokenizer = Tokenizer.train(train_docs, model_config.vocab_size)
+        self.tokenizer = self._tokenizer(train_docs, model_config.vocab_size, resume)
         self.train_tokens = tokenize(self.tokenizer, train_docs)
         self.val_tokens = tokenize(self.tokenizer, val_docs)
         seq = model_config.max_seq_len
@@ -158,28 +143,40 @@ class Trainer:
         self.model_config = model_config.replace(
             vocab_size=self.tokenizer.vocab_size, bos_token_id=eot, eos_token_id=eot,
             extra={**model_config.extra, "data": cfg.data.to_dict()}).validate()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # every rank starts from the same weights
         self.model = Transformer(self.model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.autocast, self.scaler = autocast_context(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.step, self.best_val = 0, float("inf")
         if resume:
             header = load_training_state(self.out / STATE_FILE, self.model, self.optimizer)
             self.step, self.best_val = header["step"], header["best_val_loss"]
-            self._truncate_metrics(self.step)
+            if self.dist.is_main:
+                self.metrics.truncate_after(self.step)
             self._log(f"resuming from step {self.step}")
-        else:
+        elif self.dist.is_main:
             write_checkpoint_files(self.out, self.model, self.tokenizer)
+        self.loss_fn: torch.nn.Module = LossOfBatch(self.model)
+        if self.dist.enabled:
+            self.loss_fn = DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.loss_fn = torch.compile(self.loss_fn)
         self.stop_requested = False
+        self.dist.barrier()
 
     @staticmethod
-    def _validate(cfg: TrainConfig, model_config: ModelConfig) -> None:
+    def _validate(cfg: TrainConfig, model_config: ModelConfig, world_size: int) -> None:
         model_config.validate()
         for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_windows"):
             if getattr(cfg, name) <= 0:
                 raise TinyLLMError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-        if cfg.batch_size % cfg.grad_accum:
-            raise TinyLLMError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}")
+        if cfg.batch_size % (cfg.grad_accum * world_size):
+            raise TinyLLMError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum {cfg.grad_accum}"
+                               + (f" x {world_size} processes" if world_size > 1 else ""))
         if not cfg.lr > 0:
             raise TinyLLMError(f"--lr must be positive, got {cfg.lr}")
 
@@ -188,54 +185,63 @@ class Trainer:
             if not (self.out / STATE_FILE).is_file():
                 raise TinyLLMError(f"{self.out}: nothing to resume (no {STATE_FILE}); drop --resume to start a run")
             return
-        if self.out.exists() and any(self.out.iterdir()):
-            if not force:
-                raise TinyLLMError(f"{self.out}: already exists; pass --resume to continue that run "
-                                   "or --force to start over (its contents are deleted)")
-            shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        exists = self.out.exists() and any(self.out.iterdir())
+        if exists and not force:
+            raise TinyLLMError(f"{self.out}: already exists; pass --resume to continue that run "
+                               "or --force to start over (its contents are deleted)")
+        self.dist.barrier()  # every rank has looked before rank 0 clears the directory
+        if self.dist.is_main:
+            if exists:
+                shutil.rmtree(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+
+    def _tokenizer(self, train_docs: list[str], vocab_size: int, resume: bool) -> Tokenizer:
+        """Rank 0 trains the tokenizer and stores it; the other ranks read it from there."""
+        if not resume and self.dist.is_main:
+            self._log(f"training a {vocab_size}-token byte-level BPE tokenizer")
+            Tokenizer.train(train_docs, vocab_size).save(self.out / TOKENIZER_FILE)
+        self.dist.barrier()
+        return Tokenizer.load(self.out / TOKENIZER_FILE)
 
     def _log(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
 
-    def _record(self, **metrics) -> None:
-        with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Forget metrics logged after the state we resume from: they will be logged again."""
-        path = self.out / METRICS_FILE
-        if path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if json.loads(line).get("step", 0) <= step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-
     @torch.no_grad()
     def validation_loss(self) -> float:
+        """Mean loss over fixed validation windows, shared out across ranks."""
         self.model.eval()
         seq = self.model_config.max_seq_len
         offsets = eval_offsets(len(self.val_tokens), seq, self.cfg.eval_windows)
-        losses = []
-        for chunk in np.array_split(offsets, max(1, len(offsets) // self.cfg.batch_size)):
-            x, y = windows(self.val_tokens, chunk, seq, self.device)
-            with self.autocast:
-                losses.append(self.model.loss(x, y).item() * len(chunk))
+        mine = offsets[self.dist.rank::self.dist.world_size]
+        total = 0.0
+        for chunk in np.array_split(mine, max(1, -(-len(mine) // self.cfg.batch_size))):
+            if len(chunk):
+                x, y = windows(self.val_tokens, chunk, seq, self.device)
+                with self.autocast:
+                    total += self.model.loss(x, y).item() * len(chunk)
         self.model.train()
-        return sum(losses) / len(offsets)
+        return self.dist.mean(total, self.device) * self.dist.world_size / len(offsets)
 
     def train_step(self) -> float:
         """One optimizer step over the global batch of `self.step`; returns its mean loss."""
-        cfg, seq = self.cfg, self.model_config.max_seq_len
+        cfg, seq, dist = self.cfg, self.model_config.max_seq_len, self.dist
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         offsets = batch_offsets(len(self.train_tokens), seq, cfg.batch_size, cfg.seed, self.step)
+        mine = np.split(offsets, dist.world_size)[dist.rank]
         total = 0.0
-        for micro in np.split(offsets, cfg.grad_accum):
+        micro_batches = np.split(mine, cfg.grad_accum)
+        for i, micro in enumerate(micro_batches):
             x, y = windows(self.train_tokens, micro, seq, self.device)
-            with self.autocast:
-                loss = self.model.loss(x, y) / cfg.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            # Gradients are all-reduced once per step, on the last micro-batch only.
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or not dist.enabled else self.loss_fn.no_sync()
+            with sync:
+                with self.autocast:
+                    loss = self.loss_fn(x, y) / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -247,21 +253,29 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return total
+        return dist.mean(total, self.device)
 
     def save(self) -> None:
+        if not self.dist.is_main:
+            return
         save_weights(self.out / "model.safetensors", self.model, {"step": str(self.step)})
-        header = {"step": self.step, "best_val_loss": self.best_val, "train_config": asdict(self.cfg)}
+        header = {"step": self.step, "best_val_loss": self.best_val, "world_size": self.dist.world_size,
+                  "train_config": asdict(self.cfg)}
         save_training_state(self.out / STATE_FILE, self.model, self.optimizer, header)
 
     def evaluate_and_save(self) -> float:
         val = self.validation_loss()
         if val < self.best_val:
             self.best_val = val
-            save_checkpoint(self.out / BEST_DIR, self.model, self.tokenizer, replace=True)
-        self._record(step=self.step, val_loss=val, val_ppl=math.exp(val), best_val_loss=self.best_val)
+            if self.dist.is_main:
+                save_checkpoint(self.out / BEST_DIR, self.model, self.tokenizer, replace=True)
+        self.record(step=self.step, val_loss=val, val_ppl=math.exp(val), best_val_loss=self.best_val)
         self.save()
         return val
+
+    def record(self, **metrics) -> None:
+        if self.dist.is_main:
+            self.metrics.write(**metrics)
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train to the configured step count, or stop early at `stop_at` (as an interrupt does),
@@ -271,18 +285,19 @@ class Trainer:
         self.model.train()
         tokens_per_step = cfg.batch_size * self.model_config.max_seq_len
         self._log(f"model: {self.model_config.num_params():,} parameters, "
-                  f"{self.model_config.extra.get('preset', 'custom')} preset, on {self.device}")
+                  f"{self.model_config.extra.get('preset', 'custom')} preset, on {self.device}"
+                  + (f", {self.dist.world_size} processes" if self.dist.enabled else ""))
         previous = signal.signal(signal.SIGINT, self._request_stop)
         last: dict = {}
         try:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
                        disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
-            while self.step < end and not self.stop_requested:
+            while self.step < end and not self.dist.any(self.stop_requested, self.device):
                 started = time.perf_counter()
                 loss = self.train_step()
                 rate = tokens_per_step / (time.perf_counter() - started)
                 last = dict(step=self.step, loss=loss, lr=lr_at(self.step - 1, cfg), tokens_per_s=rate)
-                self._record(**last)
+                self.record(**last)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:,.0f}")
                 bar.update(1)
                 if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
@@ -295,6 +310,7 @@ class Trainer:
         if self.step < cfg.steps:
             self.save()
             self._log(f"stopped at step {self.step} of {cfg.steps}; continue with --resume")
+        self.dist.barrier()
         return last
 
     def _request_stop(self, signum, frame) -> None:
@@ -335,23 +351,55 @@ def _override_option(name: str, kind, help_text: str):
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a model config field, e.g. --set n_layers=6 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar or messages.")
-def train_command(preset_name, data_source, corpus_size, out, resume, force, seed, device, overrides, quiet,
-                  **train_overrides):
-    """Train a model from scratch (or --resume one) into OUT."""
+@click.option("--nproc", type=int, default=None,
+              help="Train with N processes (DistributedDataParallel via torchrun: gloo on CPU, nccl on GPUs).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (best on CUDA).")
+@click.pass_context
+def train_command(ctx, preset_name, data_source, corpus_size, out, resume, force, seed, device, overrides, quiet,
+                  nproc, compile_model, **train_overrides):
+    """Train a model from scratch (or --resume one) into OUT.
+
+    Runs unchanged under `torchrun --nproc-per-node N -m tinyllm.train ...`; `--nproc N` starts that for you.
+    """
+    if nproc is not None and "WORLD_SIZE" not in os.environ:
+        sys.exit(launch(nproc, _arguments_without(ctx, "nproc")))
     if resume and force:
         raise TinyLLMError("--resume and --force contradict each other; pick one")
     model_config = apply_overrides(preset(preset_name), list(overrides))
     spec = DataSpec(source=data_source, size=corpus_size, seed=seed)
-    cfg = train_config_for(preset_name, seed=seed, device=device, data=spec, **train_overrides)
-    trainer = Trainer(model_config, cfg, out, resume=resume, force=force, quiet=quiet)
-    trainer.run()
+    cfg = train_config_for(preset_name, seed=seed, device=device, data=spec, compile=compile_model,
+                           **train_overrides)
+    dist = Distributed.from_environment(resolve_device(device))
+    try:
+        trainer = Trainer(model_config, cfg, out, resume=resume, force=force, quiet=quiet, dist=dist)
+        trainer.run()
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return
     if trainer.step >= cfg.steps:
         from tinyllm.evaluate import evaluate_checkpoint, format_report
 
         report = evaluate_checkpoint(out)
         click.echo(format_report(report))
-        trainer._record(step=trainer.step, event="final", **report)
+        trainer.record(step=trainer.step, event="final", **report)
     click.echo(f"checkpoint: {out} (best by validation: {out / BEST_DIR})")
+
+
+def _arguments_without(ctx: click.Context, skip: str) -> list[str]:
+    """The command line this command was given, rebuilt from its parsed parameters, minus one."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == skip or value is None or value is False or value == ():
+            continue
+        flag = param.opts[0]
+        if getattr(param, "is_flag", False):
+            args.append(flag)
+        else:
+            for item in value if getattr(param, "multiple", False) else (value,):
+                args += [flag, str(item)]
+    return args
 
 
 if __name__ == "__main__":

@@ -1,0 +1,10 @@
+"""`tinyllm-export` (also `tinyllm export`): write a checkpoint out as GGUF or ONNX."""
+
+import click
+
+from tinyllm.cli_support import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Export a tinyllm checkpoint to another format (GGUF for llama.cpp, ONNX for onnxruntime)."""
