@@ -61,7 +61,9 @@ def evaluate(runtime: Runtime, data: str = "validation", n_ctx: int | None = Non
     n_ctx = n_ctx or runtime.n_ctx
     if n_ctx > runtime.n_ctx:
         raise TinyLLMError(f"--ctx {n_ctx} is longer than the model's context ({runtime.n_ctx})")
-    with tqdm(desc="perplexity", unit="chunk", disable=not progress, file=sys.stderr, leave=False) as bar:
+    tokens = runtime.tokenizer.encode(text, parse_special=False)
+    with tqdm(total=len(tokens) // n_ctx, desc="perplexity", unit="chunk", disable=not progress,
+              file=sys.stderr, leave=False) as bar:
         result = runtime.perplexity(text, n_ctx, progress=bar.update)
     report = {"data": data, "n_ctx": n_ctx, "ppl": result.ppl, "nll": result.nll,
               "n_tokens": result.n_tokens, "n_chunks": result.n_chunks}
@@ -69,7 +71,6 @@ def evaluate(runtime: Runtime, data: str = "validation", n_ctx: int | None = Non
         if train_docs is None:
             train_docs, _ = load_splits(spec)
         train_tokens = tokenize(runtime.tokenizer, train_docs)
-        tokens = runtime.tokenizer.encode(text, parse_special=False)
         report["unigram_ppl"] = unigram_perplexity(train_tokens, scored_targets(tokens, n_ctx),
                                                    runtime.tokenizer.vocab_size)
     return report
