@@ -109,3 +109,16 @@ def test_transformers_parity_across_shapes(trained_checkpoint, tmp_path, n_kv_he
     other = Transformer(model.config.replace(n_kv_heads=n_kv_heads, tie_embeddings=tie))
     save_checkpoint(tmp_path / "other", other, tokenizer)
     assert_logits_match_transformers(tmp_path / "other")
+
+
+def test_written_files_get_ordinary_permissions(trained_checkpoint, tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the results must not stay private."""
+    import os
+    import stat
+
+    model, tokenizer = load_checkpoint(trained_checkpoint)
+    save_checkpoint(tmp_path / "perm", model, tokenizer)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "perm").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "perm" / "model.safetensors").stat().st_mode) == 0o666 & ~mask
