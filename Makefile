@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test venv test-env clean
+.PHONY: demo test venv test-env llama-cpp clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ demo: venv
 	printf 'Where does Mira live?\n' | $(BIN)/tinyllm chat $(DEMO_OUT) --temperature 0 -n 60
 	@echo "demo done: the checkpoint is in $(DEMO_OUT) (try: $(BIN)/tinyllm chat $(DEMO_OUT))"
 
-test: test-env
+# llama.cpp's own tools, built once from the llama-cpp-python sdist into ~/.cache/tinyllm (cached:
+# a second run returns at once). The GGUF tests run them, so `make test` builds them first.
+llama-cpp: venv
+	$(BIN)/python tools/install_llama_cpp.py
+
+test: test-env llama-cpp
 	$(BIN)/python -m pytest -q
 
 clean:

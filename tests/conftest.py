@@ -41,3 +41,39 @@ def trained_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
     Trainer(preset("test"), tiny_train_config(), out, quiet=True).run()
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's own tools (`make test` builds them first): skip locally, fail in CI when missing."""
+    from tinyllm.errors import TinyLLMError
+    from tinyllm.llama_cpp import INSTALL_COMMAND, TOOLS, locate
+
+    try:
+        found = locate()
+        missing = list(TOOLS) if found is None else [t for t in TOOLS if found.find(t) is None]
+        problem = f"llama.cpp's {', '.join(missing)} not installed; build them with: {INSTALL_COMMAND}"
+    except TinyLLMError as e:  # $TINYLLM_LLAMA_CPP names a directory without the tools
+        missing, problem = ["all"], str(e)
+    if missing:
+        if in_ci():
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return found
+
+
+@pytest.fixture(scope="session")
+def gguf_export(trained_checkpoint, tmp_path_factory):
+    """`gguf_export(type)`: the trained checkpoint as a GGUF of that type, exported once per session."""
+    from export.gguf import export_gguf
+
+    directory = tmp_path_factory.mktemp("gguf")
+    made = {}
+
+    def export(type_name: str = "f32"):
+        if type_name not in made:
+            made[type_name] = directory / f"model-{type_name}.gguf"
+            export_gguf(trained_checkpoint, made[type_name], type_name, log=lambda _: None, progress=False)
+        return made[type_name]
+
+    return export

@@ -13,11 +13,13 @@ from pathlib import Path
 import click
 
 from export.cli import main as export_main
+from quantize.cli import main as quantize_main
 from tinyllm import __version__
 from tinyllm.cli_support import Group
 from tinyllm.data import BUILTIN_DEFAULT_SIZE, corpus_stats, load_documents, write_corpus
 from tinyllm.errors import TinyLLMError
 from tinyllm.sampling import SamplingParams
+from tinyllm.serve import serve_command
 from tinyllm.train import train_command
 
 
@@ -33,6 +35,8 @@ def main():
 
 main.add_command(train_command, "train")
 main.add_command(export_main, "export")
+main.add_command(quantize_main, "quantize")
+main.add_command(serve_command, "serve")
 
 
 def sampling_options(fn):
@@ -209,6 +213,28 @@ def doctor():
     for line in describe_devices():
         click.echo(f"  {line}")
     click.echo(f"torch CUDA build: {torch.version.cuda or 'none (CPU build)'}")
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        click.echo(f"onnxruntime {onnxruntime.__version__} providers: {', '.join(providers)}"
+                   + ("" if "CUDAExecutionProvider" in providers
+                      else " (for --device cuda on ONNX models: pip install onnxruntime-gpu)"))
+    except ImportError:
+        click.echo("onnxruntime: not installed (pip install onnxruntime)")
+    from tinyllm.llama_cpp import INSTALL_COMMAND, LLAMA_CPP_PYTHON_VERSION, cache_dir, locate
+
+    try:
+        found = locate()
+        click.echo(f"llama.cpp: {found.describe() if found else f'not found (install with: {INSTALL_COMMAND})'}")
+    except TinyLLMError as e:  # $TINYLLM_LLAMA_CPP names a directory without the tools
+        click.echo(f"llama.cpp: {e}")
+    click.echo(f"  tinyllm's build: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist -> {cache_dir() / 'bin'}")
+    from quantize.modules import kernel_report
+
+    click.echo("quantized matmuls (batch-1 decode path, timed on a 256x256 matrix here):")
+    for line in kernel_report():
+        click.echo(f"  {line}")
 
 
 if __name__ == "__main__":

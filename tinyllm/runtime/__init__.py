@@ -1,7 +1,8 @@
 """Runtimes: one small interface (`base.Runtime`), one backend per engine.
 
 `load_runtime` picks the backend from what the path holds: a `.gguf` file runs on llama.cpp, a
-directory with `model.onnx` on onnxruntime, a checkpoint directory on PyTorch. Everything above
+directory with `model.onnx` on onnxruntime, a checkpoint directory on PyTorch (a quantized one,
+whose config.json has a `quantization_config`, on its codes). Everything above
 (generation, chat, perplexity, the bench) talks only to `Runtime`, so the logic is written once.
 """
 
@@ -21,6 +22,12 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
         from tinyllm.runtime.onnx_runtime import OnnxRuntime
 
         return OnnxRuntime.load(path, device=device, threads=threads)
+    from quantize.checkpoint import quantization_info
+
+    if quantization_info(path) is not None:
+        from tinyllm.runtime.quantized_runtime import QuantizedTorchRuntime
+
+        return QuantizedTorchRuntime.load(path, device=device, threads=threads)
     from tinyllm.runtime.torch_runtime import TorchRuntime
 
     return TorchRuntime.load(path, device=device, threads=threads)

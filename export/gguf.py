@@ -1,0 +1,310 @@
+"""`tinyllm-export gguf`: a checkpoint as one GGUF file for llama.cpp (architecture `llama`).
+
+The file carries every hyperparameter llama.cpp's `llama` architecture reads, the tokenizer as
+llama.cpp's `gpt2` BPE (tokens, types, merges, pre-tokenizer `gpt-2`, no BOS added) with the
+ChatML template, and the weights under GGUF tensor names. Hugging Face stores q/k projection rows
+in rotate-half order; llama.cpp rotates interleaved pairs, so those rows are permuted exactly as
+llama.cpp's convert_hf_to_gguf.py does. The permutation moves whole rows and GGML blocks run
+along rows, so it applies to float rows and to ready-made quantized blocks alike.
+
+Writing is split in two so that a quantized checkpoint can later hand over its blocks verbatim:
+`float_tensors` + `plan_types` + `gguf_quants.encode` turn a float32 checkpoint into
+`GGUFTensor`s, and `write_gguf` writes any list of `GGUFTensor`s (whatever made their bytes),
+reads the file back with `gguf.GGUFReader`, checks it, and only then moves it into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType, TokenType
+from tqdm import tqdm
+
+from export.gguf_quants import block_size, encode, fits
+from tinyllm import __version__
+from tinyllm.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
+from tinyllm.checkpoint import CONFIG_FILE, load_checkpoint
+from tinyllm.cli_support import Command
+from tinyllm.config import ModelConfig
+from tinyllm.errors import TinyLLMError
+from tinyllm.fileio import atomic_write
+from tinyllm.tokenizer import Tokenizer
+
+Q = GGMLQuantizationType
+
+# --type name -> (the GGML type of the weight matrices, the file type recorded in general.file_type).
+# q4_k/q5_k are "all matrices in that type"; llama.cpp has no pure file type for them, so the
+# closest one (_S) is recorded. q4_k_m is llama.cpp's mixture (see `matrix_type`).
+TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (Q.F32, LlamaFileType.ALL_F32),
+    "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (Q.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+    "q4_1": (Q.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+    "q5_0": (Q.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    "q5_1": (Q.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+    "q4_k": (Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_S),
+    "q5_k": (Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_S),
+    "q6_k": (Q.Q6_K, LlamaFileType.MOSTLY_Q6_K),
+    "q4_k_m": (Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_M),
+}
+# What a type falls back to where a row does not split into its blocks (llama.cpp's own choices
+# in llama-quantize); F16 is the last resort for rows that are not even a multiple of 32.
+FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+
+
+@dataclass
+class GGUFTensor:
+    """One tensor as it goes into the file: its GGUF name, GGML type, and data — a float array
+    for F32/F16, else uint8 blocks [rows, bytes per row] (from our encoders or copied from a
+    quantized checkpoint)."""
+
+    name: str
+    qtype: GGMLQuantizationType
+    data: np.ndarray
+
+
+def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half row order -> llama.cpp's interleaved pairs (convert_hf_to_gguf's permute)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape))
+
+
+def float_tensors(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GGUF name -> float32 array from our module names, q/k rows permuted for llama.cpp."""
+    out = {"token_embd.weight": state["embed_tokens.weight"]}
+    for i in range(config.n_layers):
+        p, b = f"layers.{i}.", f"blk.{i}."
+        out[b + "attn_norm.weight"] = state[p + "input_layernorm.weight"]
+        out[b + "attn_q.weight"] = permute_rope_rows(state[p + "self_attn.q_proj.weight"], config.n_heads)
+        out[b + "attn_k.weight"] = permute_rope_rows(state[p + "self_attn.k_proj.weight"], config.n_kv_heads)
+        out[b + "attn_v.weight"] = state[p + "self_attn.v_proj.weight"]
+        out[b + "attn_output.weight"] = state[p + "self_attn.o_proj.weight"]
+        out[b + "ffn_norm.weight"] = state[p + "post_attention_layernorm.weight"]
+        out[b + "ffn_gate.weight"] = state[p + "mlp.gate_proj.weight"]
+        out[b + "ffn_up.weight"] = state[p + "mlp.up_proj.weight"]
+        out[b + "ffn_down.weight"] = state[p + "mlp.down_proj.weight"]
+    out["output_norm.weight"] = state["norm.weight"]
+    if not config.tie_embeddings:
+        out["output.weight"] = state["lm_head.weight"]
+    return out
+
+
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers and every third between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def matrix_type(name: str, type_name: str, n_layers: int, has_output: bool) -> GGMLQuantizationType:
+    """The type one weight matrix gets under `--type type_name` (before any fallback)."""
+    base = TYPES[type_name][0]
+    if type_name != "q4_k_m":
+        return base
+    # llama.cpp's Q4_K_M: the output projection (the embedding when tied) in Q6_K, and attn_v /
+    # ffn_down in Q6_K on the layers use_more_bits picks.
+    if name == "output.weight" or (name == "token_embd.weight" and not has_output):
+        return Q.Q6_K
+    if name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(int(name.split(".")[1]), n_layers):
+        return Q.Q6_K
+    return base
+
+
+def plan_types(tensors: dict[str, np.ndarray], type_name: str, n_layers: int,
+               allow_fallback: bool) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
+    """Each tensor's GGML type and a line per fallback taken; misfits without `allow_fallback`
+    are an error that names them."""
+    has_output = "output.weight" in tensors
+    types, fallbacks, misfits = {}, [], []
+    for name, array in tensors.items():
+        if array.ndim == 1:
+            types[name] = Q.F32  # norms stay float32, as llama.cpp keeps them
+            continue
+        wanted = matrix_type(name, type_name, n_layers, has_output)
+        chosen = wanted
+        if not fits(array.shape[-1], chosen):
+            chosen = FALLBACK.get(chosen, Q.F16)
+            if not fits(array.shape[-1], chosen):
+                chosen = Q.F16
+            misfits.append(name)
+            fallbacks.append(f"{name}: rows of {array.shape[-1]} do not split into {wanted.name} blocks "
+                             f"of {block_size(wanted)}; wrote {chosen.name}")
+        types[name] = chosen
+    if misfits and not allow_fallback:
+        shown = ", ".join(f"{n} (rows of {tensors[n].shape[-1]})" for n in misfits[:6])
+        more = f" and {len(misfits) - 6} more" if len(misfits) > 6 else ""
+        raise TinyLLMError(f"--type {type_name}: {len(misfits)} tensors do not split into "
+                           f"{TYPES[type_name][0].name} blocks: {shown}{more}; pass --allow-fallback "
+                           "to write those in the nearest type that fits, or pick a model whose widths are "
+                           "multiples of 256")
+    return types, fallbacks
+
+
+def add_tokenizer(writer: GGUFWriter, tokenizer: Tokenizer) -> None:
+    """The tokenizer as llama.cpp's `gpt2` BPE with pre-tokenizer `gpt-2`, and the ChatML template.
+
+    <|endoftext|> is BOS and EOS (never added: add_bos_token false); <|im_end|> is EOT, so chat
+    generation stops at the end of the assistant turn. llama.cpp ends generation at either.
+    """
+    tokens = tokenizer.tokens()
+    special = set(SPECIAL_TOKENS)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL for t in tokens])
+    writer.add_token_merges(tokenizer.merges())
+    writer.add_bos_token_id(tokenizer.eot_id)
+    writer.add_eos_token_id(tokenizer.eot_id)
+    writer.add_eot_token_id(tokenizer.im_end_id)
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
+def add_hyperparameters(writer: GGUFWriter, config: ModelConfig) -> None:
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.d_model)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(config.d_ff)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.n_kv_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def _check_written(path: Path, tensors: list[GGUFTensor], n_tokens: int) -> None:
+    """Read the file back and compare every tensor's type, shape and bytes with what was meant."""
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # GGUFReader raises plain ValueError/struct errors on a bad file
+        raise TinyLLMError(f"the GGUF just written does not read back ({e}); nothing was kept") from None
+    arch = reader.get_field("general.architecture")
+    if arch is None or arch.contents() != "llama":
+        raise TinyLLMError("the GGUF just written lacks general.architecture=llama; nothing was kept")
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    if tokens is None or len(tokens.data) != n_tokens:
+        raise TinyLLMError("the GGUF just written has a wrong token list; nothing was kept")
+    found = {t.name: t for t in reader.tensors}
+    if sorted(found) != sorted(t.name for t in tensors):
+        raise TinyLLMError("the GGUF just written has a different tensor set; nothing was kept")
+    for tensor in tensors:
+        back = found[tensor.name]
+        if back.tensor_type != tensor.qtype or back.data.tobytes() != np.ascontiguousarray(tensor.data).tobytes():
+            raise TinyLLMError(f"tensor {tensor.name} reads back differently from what was written; "
+                               "nothing was kept")
+
+
+def write_gguf(out: Path, config: ModelConfig, tokenizer: Tokenizer, tensors: list[GGUFTensor],
+               file_type: LlamaFileType, name: str, extra: dict[str, str | list[str]] | None = None) -> None:
+    """Write a complete GGUF atomically; it is read back and checked before it replaces `out`."""
+
+    def write(tmp: Path) -> None:
+        writer = GGUFWriter(tmp, "llama")
+        writer.add_name(name)
+        writer.add_file_type(file_type)
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+        add_hyperparameters(writer, config)
+        add_tokenizer(writer, tokenizer)
+        for key, value in (extra or {}).items():
+            if isinstance(value, list):
+                writer.add_array(key, value)
+            else:
+                writer.add_string(key, value)
+        for tensor in tensors:
+            quantized = tensor.data.dtype == np.uint8
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.qtype if quantized else None)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        _check_written(tmp, tensors, tokenizer.vocab_size)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, not the temporary file's 0600
+
+    try:
+        atomic_write(out, write)
+    except OSError as e:
+        raise TinyLLMError(f"{out}: cannot write ({e.strerror or e})") from None
+
+
+def _refuse_quantized(checkpoint: Path) -> None:
+    """A quantized checkpoint must have its own blocks copied, never be re-read as floats."""
+    try:
+        config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_checkpoint reports a missing or damaged config.json in its own words
+    if "quantization" in config or "quantization_config" in config:
+        raise TinyLLMError(f"{checkpoint}: a quantized checkpoint; this version of tinyllm-export gguf "
+                           "exports float32 checkpoints only: export the float32 checkpoint it was made "
+                           "from with --type q8_0/q4_0/… instead")
+
+
+def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None = None,
+                allow_fallback: bool = False, force: bool = False,
+                log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Export a float32 checkpoint directory to `out` as `type_name` (default f32).
+
+    Returns a summary: path, type, bytes, tensors by GGML type, fallbacks taken."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    type_name = (type_name or "f32").lower()
+    if type_name not in TYPES:
+        raise TinyLLMError(f"--type {type_name}: unknown GGUF type; choose one of: {', '.join(TYPES)}")
+    if out.exists() and not force:
+        raise TinyLLMError(f"{out}: already exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise TinyLLMError(f"{out}: is a directory; give a file name such as model.gguf")
+    if not out.parent.is_dir():
+        raise TinyLLMError(f"{out.parent}: no such directory for the output file")
+    _refuse_quantized(checkpoint)
+    model, tokenizer = load_checkpoint(checkpoint)
+    config = model.config
+    state = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+    arrays = float_tensors(config, state)
+    types, fallbacks = plan_types(arrays, type_name, config.n_layers, allow_fallback)
+    for line in fallbacks:
+        log(f"fallback: {line}")
+    tensors = []
+    for name, array in tqdm(arrays.items(), desc=f"encoding {type_name}", unit="tensor", file=sys.stderr,
+                            leave=False, disable=not progress):
+        tensors.append(GGUFTensor(name, types[name], encode(array, types[name])))
+    extra: dict[str, str | list[str]] = {
+        "tinyllm.version": __version__,
+        "tinyllm.type": type_name,
+        "tinyllm.extra": json.dumps(config.extra, sort_keys=True),
+    }
+    if fallbacks:
+        extra["tinyllm.fallback"] = fallbacks
+    write_gguf(out, config, tokenizer, tensors, TYPES[type_name][1], checkpoint.resolve().name, extra)
+    counts: dict[str, int] = {}
+    for tensor in tensors:
+        counts[tensor.qtype.name] = counts.get(tensor.qtype.name, 0) + 1
+    return {"path": str(out), "type": type_name, "bytes": os.path.getsize(out), "tensor_types": counts,
+            "fallbacks": fallbacks}
+
+
+@click.command("gguf", cls=Command)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The .gguf file to write.")
+@click.option("--type", "type_name", default=None, metavar="TYPE",
+              help=f"Tensor type, one of {', '.join(TYPES)}  [default: f32]. q4_k/q5_k/q6_k need rows that are "
+                   "multiples of 256; q4_k_m is llama.cpp's Q4_K/Q6_K mixture.")
+@click.option("--allow-fallback", is_flag=True,
+              help="Write tensors whose rows do not split into the type's blocks in the nearest type that "
+                   "fits (printed, and recorded under tinyllm.fallback) instead of failing.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def gguf_command(checkpoint, out, type_name, allow_fallback, force):
+    """Write CHECKPOINT (a float32 checkpoint directory) as a GGUF file for llama.cpp."""
+    summary = export_gguf(checkpoint, out, type_name, allow_fallback, force, log=click.echo)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(summary["tensor_types"].items()))
+    click.echo(f"wrote {summary['path']} ({summary['type']}, {summary['bytes']:,} bytes; tensors: {types})")
