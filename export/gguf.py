@@ -7,10 +7,14 @@ in rotate-half order; llama.cpp rotates interleaved pairs, so those rows are per
 llama.cpp's convert_hf_to_gguf.py does. The permutation moves whole rows and GGML blocks run
 along rows, so it applies to float rows and to ready-made quantized blocks alike.
 
-Writing is split in two so that a quantized checkpoint can later hand over its blocks verbatim:
-`float_tensors` + `plan_types` + `gguf_quants.encode` turn a float32 checkpoint into
-`GGUFTensor`s, and `write_gguf` writes any list of `GGUFTensor`s (whatever made their bytes),
-reads the file back with `gguf.GGUFReader`, checks it, and only then moves it into place.
+Two sources, one writer. From a float32 checkpoint, `float_tensors` + `plan_types` +
+`gguf_quants.encode` make the blocks. From a quantized checkpoint (`tinyllm-quantize`),
+`quantized_tensors` copies its codes and scales (and minimums) into GGML blocks verbatim
+(`quantize.schemes.ggml_blocks`): the checkpoint's block layouts are GGML's, so nothing is
+quantized twice and llama.cpp computes with exactly the weights the PyTorch quantized runtime
+does; tensors the checkpoint kept in float (norms, an embedding kept by `--embeddings float`) are
+written as F32. `write_gguf` writes either list of `GGUFTensor`s, reads the file back with
+`gguf.GGUFReader`, checks it, and only then moves it into place.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFWrite
 from tqdm import tqdm
 
 from export.gguf_quants import block_size, encode, fits
+from quantize.checkpoint import quantization_info, weight_shapes
+from quantize.schemes import QuantizedWeight, Scheme, ggml_blocks
 from tinyllm import __version__
 from tinyllm.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
-from tinyllm.checkpoint import CONFIG_FILE, load_checkpoint
+from tinyllm.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir, from_hf_names,
+                                load_checkpoint, read_tensors)
 from tinyllm.cli_support import Command
 from tinyllm.config import ModelConfig
 from tinyllm.errors import TinyLLMError
@@ -79,23 +86,50 @@ def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
             .reshape(w.shape))
 
 
-def float_tensors(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """GGUF name -> float32 array from our module names, q/k rows permuted for llama.cpp."""
-    out = {"token_embd.weight": state["embed_tokens.weight"]}
+def gguf_names(config: ModelConfig) -> dict[str, tuple[str, int | None]]:
+    """Our module name -> (GGUF name, the head count to permute its rows by, or None), in file order."""
+    out: dict[str, tuple[str, int | None]] = {"embed_tokens.weight": ("token_embd.weight", None)}
     for i in range(config.n_layers):
         p, b = f"layers.{i}.", f"blk.{i}."
-        out[b + "attn_norm.weight"] = state[p + "input_layernorm.weight"]
-        out[b + "attn_q.weight"] = permute_rope_rows(state[p + "self_attn.q_proj.weight"], config.n_heads)
-        out[b + "attn_k.weight"] = permute_rope_rows(state[p + "self_attn.k_proj.weight"], config.n_kv_heads)
-        out[b + "attn_v.weight"] = state[p + "self_attn.v_proj.weight"]
-        out[b + "attn_output.weight"] = state[p + "self_attn.o_proj.weight"]
-        out[b + "ffn_norm.weight"] = state[p + "post_attention_layernorm.weight"]
-        out[b + "ffn_gate.weight"] = state[p + "mlp.gate_proj.weight"]
-        out[b + "ffn_up.weight"] = state[p + "mlp.up_proj.weight"]
-        out[b + "ffn_down.weight"] = state[p + "mlp.down_proj.weight"]
-    out["output_norm.weight"] = state["norm.weight"]
+        out.update({
+            p + "input_layernorm.weight": (b + "attn_norm.weight", None),
+            p + "self_attn.q_proj.weight": (b + "attn_q.weight", config.n_heads),
+            p + "self_attn.k_proj.weight": (b + "attn_k.weight", config.n_kv_heads),
+            p + "self_attn.v_proj.weight": (b + "attn_v.weight", None),
+            p + "self_attn.o_proj.weight": (b + "attn_output.weight", None),
+            p + "post_attention_layernorm.weight": (b + "ffn_norm.weight", None),
+            p + "mlp.gate_proj.weight": (b + "ffn_gate.weight", None),
+            p + "mlp.up_proj.weight": (b + "ffn_up.weight", None),
+            p + "mlp.down_proj.weight": (b + "ffn_down.weight", None),
+        })
+    out["norm.weight"] = ("output_norm.weight", None)
     if not config.tie_embeddings:
-        out["output.weight"] = state["lm_head.weight"]
+        out["lm_head.weight"] = ("output.weight", None)
+    return out
+
+
+def _in_llama_cpp_order(array: np.ndarray, heads: int | None) -> np.ndarray:
+    return array if heads is None else permute_rope_rows(array, heads)
+
+
+def float_tensors(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GGUF name -> float32 array from our module names, q/k rows permuted for llama.cpp."""
+    return {name: _in_llama_cpp_order(state[ours], heads) for ours, (name, heads) in gguf_names(config).items()}
+
+
+def quantized_tensors(config: ModelConfig, floats: dict[str, np.ndarray],
+                      quantized: dict[str, QuantizedWeight]) -> list[GGUFTensor]:
+    """A quantized checkpoint's tensors (our module names) as they go into the file: its blocks
+    copied as GGML blocks (whole rows, so the q/k permutation moves them unchanged), everything
+    it kept in float as F32."""
+    out = []
+    for ours, (name, heads) in gguf_names(config).items():
+        if ours in quantized:
+            qw = quantized[ours]
+            data, qtype = ggml_blocks(qw), TYPES[qw.scheme.ggml_type][0]
+        else:
+            data, qtype = floats[ours], Q.F32
+        out.append(GGUFTensor(name, qtype, _in_llama_cpp_order(data, heads)))
     return out
 
 
@@ -238,51 +272,94 @@ def write_gguf(out: Path, config: ModelConfig, tokenizer: Tokenizer, tensors: li
         raise TinyLLMError(f"{out}: cannot write ({e.strerror or e})") from None
 
 
-def _refuse_quantized(checkpoint: Path) -> None:
-    """A quantized checkpoint must have its own blocks copied, never be re-read as floats."""
-    try:
-        config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # load_checkpoint reports a missing or damaged config.json in its own words
-    if "quantization" in config or "quantization_config" in config:
-        raise TinyLLMError(f"{checkpoint}: a quantized checkpoint; this version of tinyllm-export gguf "
-                           "exports float32 checkpoints only: export the float32 checkpoint it was made "
-                           "from with --type q8_0/q4_0/… instead")
+# How to get a GGML type that a quantized checkpoint does not hold: its tinyllm-quantize arguments.
+QUANTIZE_ARGS = {"q8_0": "int8", "q4_0": "int4", "q4_1": "int4 --asym"}
+
+
+def read_quantized(checkpoint: Path, info: dict) -> tuple[ModelConfig, Tokenizer, dict[str, np.ndarray],
+                                                          dict[str, QuantizedWeight]]:
+    """A quantized checkpoint's config, tokenizer, float tensors and stored blocks (our module names),
+    read as stored: no model is built and no weight is dequantized."""
+    checkpoint = check_checkpoint_dir(checkpoint)
+    where = str(checkpoint / CONFIG_FILE)
+    config = ModelConfig.load(checkpoint / CONFIG_FILE)
+    stored = read_tensors(checkpoint / WEIGHTS_FILE)
+    shapes = weight_shapes(config)
+    quantized = {}
+    for hf_name, entry in info.get("tensors", {}).items():
+        ours = hf_name.removeprefix("model.")
+        if ours not in shapes:
+            raise TinyLLMError(f"{where}: quantized tensor {hf_name} is not a tensor of this model")
+        quantized[ours] = QuantizedWeight.from_tensors(Scheme.from_dict(entry, where), hf_name, stored,
+                                                       tuple(shapes[ours]), str(checkpoint / WEIGHTS_FILE))
+    floats = {k: v.float().numpy() for k, v in from_hf_names(stored).items()
+              if not k.endswith((".codes", ".scales", ".mins"))}
+    missing = [ours for ours in gguf_names(config) if ours not in quantized and ours not in floats]
+    if missing:
+        raise TinyLLMError(f"{checkpoint / WEIGHTS_FILE}: lacks {', '.join(missing[:4])}; the quantized "
+                           "checkpoint is damaged")
+    return config, Tokenizer.load(checkpoint / TOKENIZER_FILE), floats, quantized
+
+
+def _quantized_type(checkpoint: Path, info: dict, type_name: str | None) -> str:
+    """The --type a quantized checkpoint exports as: its own format; another one is refused with the way to it."""
+    own = str(info.get("format", "")).lower()
+    if own not in QUANTIZE_ARGS:
+        raise TinyLLMError(f"{checkpoint}: quantization format {own or 'missing'!r} in config.json is not one of "
+                           f"{', '.join(QUANTIZE_ARGS)}; the quantized checkpoint is damaged")
+    if type_name is not None and type_name != own:
+        how = (f", or quantize that one with `tinyllm quantize {QUANTIZE_ARGS[type_name]}` and export the result"
+               if type_name in QUANTIZE_ARGS else "")
+        raise TinyLLMError(f"--type {type_name}: {checkpoint} is a quantized checkpoint of {own} blocks, which "
+                           f"export as {own} only (never quantized twice); for {type_name}, export the float32 "
+                           f"checkpoint it was made from with --type {type_name}{how}")
+    return own
 
 
 def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None = None,
                 allow_fallback: bool = False, force: bool = False,
                 log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Export a float32 checkpoint directory to `out` as `type_name` (default f32).
+    """Export a checkpoint directory to `out`: a float32 one as `type_name` (default f32), a
+    quantized one as its own GGML type (its blocks copied).
 
     Returns a summary: path, type, bytes, tensors by GGML type, fallbacks taken."""
     checkpoint, out = Path(checkpoint), Path(out)
-    type_name = (type_name or "f32").lower()
-    if type_name not in TYPES:
+    type_name = type_name.lower() if type_name else None
+    if type_name is not None and type_name not in TYPES:
         raise TinyLLMError(f"--type {type_name}: unknown GGUF type; choose one of: {', '.join(TYPES)}")
+    info = quantization_info(checkpoint)
+    if info is not None:
+        type_name = _quantized_type(checkpoint, info, type_name)
+    type_name = type_name or "f32"
     if out.exists() and not force:
         raise TinyLLMError(f"{out}: already exists; pass --force to overwrite it")
     if out.is_dir():
         raise TinyLLMError(f"{out}: is a directory; give a file name such as model.gguf")
     if not out.parent.is_dir():
         raise TinyLLMError(f"{out.parent}: no such directory for the output file")
-    _refuse_quantized(checkpoint)
-    model, tokenizer = load_checkpoint(checkpoint)
-    config = model.config
-    state = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
-    arrays = float_tensors(config, state)
-    types, fallbacks = plan_types(arrays, type_name, config.n_layers, allow_fallback)
-    for line in fallbacks:
-        log(f"fallback: {line}")
-    tensors = []
-    for name, array in tqdm(arrays.items(), desc=f"encoding {type_name}", unit="tensor", file=sys.stderr,
-                            leave=False, disable=not progress):
-        tensors.append(GGUFTensor(name, types[name], encode(array, types[name])))
+    fallbacks: list[str] = []
+    if info is not None:
+        config, tokenizer, floats, quantized = read_quantized(checkpoint, info)
+        tensors = quantized_tensors(config, floats, quantized)
+    else:
+        model, tokenizer = load_checkpoint(checkpoint)
+        config = model.config
+        state = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+        arrays = float_tensors(config, state)
+        types, fallbacks = plan_types(arrays, type_name, config.n_layers, allow_fallback)
+        for line in fallbacks:
+            log(f"fallback: {line}")
+        tensors = [GGUFTensor(name, types[name], encode(array, types[name]))
+                   for name, array in tqdm(arrays.items(), desc=f"encoding {type_name}", unit="tensor",
+                                           file=sys.stderr, leave=False, disable=not progress)]
     extra: dict[str, str | list[str]] = {
         "tinyllm.version": __version__,
         "tinyllm.type": type_name,
         "tinyllm.extra": json.dumps(config.extra, sort_keys=True),
     }
+    if info is not None:
+        # Where the blocks came from: the quantized checkpoint's scheme, method, group size, calibration.
+        extra["tinyllm.quantization"] = json.dumps({k: v for k, v in info.items() if k != "tensors"}, sort_keys=True)
     if fallbacks:
         extra["tinyllm.fallback"] = fallbacks
     write_gguf(out, config, tokenizer, tensors, TYPES[type_name][1], checkpoint.resolve().name, extra)
@@ -297,14 +374,19 @@ def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None =
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The .gguf file to write.")
 @click.option("--type", "type_name", default=None, metavar="TYPE",
-              help=f"Tensor type, one of {', '.join(TYPES)}  [default: f32]. q4_k/q5_k/q6_k need rows that are "
+              help=f"Tensor type, one of {', '.join(TYPES)}  [default: f32; for a quantized checkpoint its own "
+                   "type, q8_0/q4_0/q4_1, the only one it exports as]. q4_k/q5_k/q6_k need rows that are "
                    "multiples of 256; q4_k_m is llama.cpp's Q4_K/Q6_K mixture.")
 @click.option("--allow-fallback", is_flag=True,
               help="Write tensors whose rows do not split into the type's blocks in the nearest type that "
                    "fits (printed, and recorded under tinyllm.fallback) instead of failing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def gguf_command(checkpoint, out, type_name, allow_fallback, force):
-    """Write CHECKPOINT (a float32 checkpoint directory) as a GGUF file for llama.cpp."""
+    """Write CHECKPOINT (a float32 or a tinyllm-quantize checkpoint directory) as a GGUF file for llama.cpp.
+
+    A quantized checkpoint's blocks are copied as they are (int8 -> q8_0, int4 -> q4_0,
+    int4 --asym -> q4_1; tensors it kept in float -> F32), never quantized a second time.
+    """
     summary = export_gguf(checkpoint, out, type_name, allow_fallback, force, log=click.echo)
     types = ", ".join(f"{n} {t}" for t, n in sorted(summary["tensor_types"].items()))
     click.echo(f"wrote {summary['path']} ({summary['type']}, {summary['bytes']:,} bytes; tensors: {types})")

@@ -7,6 +7,10 @@
     genai_config.json      onnxruntime-genai-style description of the graph's inputs and outputs,
                            plus a "tinyllm" section: quantization, opset, validation errors
 
+A quantized checkpoint (`tinyllm quantize`) is exported with its own blocks in `MatMulNBits`
+(see onnx_quant.py), never quantized again; its graph is validated against the PyTorch runtime
+of that checkpoint, which computes with the same weights, to float32 rounding.
+
 The directory is built in a temporary sibling and renamed into place only after onnxruntime has
 run it and its logits matched PyTorch's (prompts from an empty cache and continued over a past):
 a failed export leaves nothing behind.
@@ -25,9 +29,11 @@ import torch
 from tqdm import tqdm
 
 from export.onnx_graph import (INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY,
-                               PRESENT_VALUE, export_graph, save_model)
-from export.onnx_quant import (INT4_ACCURACY_LEVEL, INT4_BLOCK, dequantized_weights, quantize_int4,
-                               quantize_int8)
+                               PRESENT_VALUE, export_graph, matmul_weights, save_model)
+from export.onnx_quant import (EXACT_ACCURACY_LEVEL, INT4_ACCURACY_LEVEL, INT4_BLOCK, QuantizedCheckpoint,
+                               dequantized_weights, quantize_int4, quantize_int8, read_quantized_checkpoint,
+                               write_matmul_nbits)
+from quantize.checkpoint import quantization_info
 from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, load_checkpoint
 from tinyllm.cli_support import Command
 from tinyllm.errors import TinyLLMError
@@ -47,6 +53,9 @@ MIN_OPSET, MAX_OPSET = 13, 20
 # and 1.6e-2 (INT4) on the test, demo and a random-init base model; the bounds are about 3× that.
 # A mis-read block layout or scale gives errors of order 1.
 TOLERANCE = {"none": 1e-4, "int8": 0.1, "int4": 0.05}
+# A quantized checkpoint's graph against its PyTorch runtime: the same weights and float32
+# activations on both sides (MatMulNBits at accuracy level 0), so float32 rounding only.
+CHECKPOINT_TOLERANCE = 1e-4
 VALIDATION_PROMPTS = 2
 VALIDATION_TOKENS = 24
 
@@ -62,16 +71,38 @@ def check_options(quant: str, opset: int) -> None:
                            f"({MAX_OPSET}); use --opset {DEFAULT_OPSET}")
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, quant: str = "none", opset: int = DEFAULT_OPSET,
+def checkpoint_quant(checkpoint: Path, quant: str | None, info: dict | None) -> str:
+    """The --quant to export with: as asked (default none) for a float checkpoint, the checkpoint's
+    own scheme for a quantized one, which cannot be exported as anything else."""
+    if info is None:
+        return "none" if quant is None else quant
+    own = str(info.get("scheme", "")).split("-")[0]  # int4-asym is exported as int4 too
+    if quant is None or quant == own:
+        return own
+    if quant not in QUANTS:
+        return quant  # unknown: check_options says so
+    raise TinyLLMError(
+        f"--quant {quant}: {checkpoint} is an {info.get('scheme')} ({info.get('format')}) quantized checkpoint, "
+        f"exported only with its own blocks (--quant {own}); for {'float32' if quant == 'none' else quant}, "
+        "export the float32 checkpoint it was quantized from"
+        + ("" if quant == "none" else f", or run `tinyllm quantize {quant}` on it and export that"))
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, quant: str | None = None, opset: int = DEFAULT_OPSET,
                 force: bool = False, log: Callable[[str], None] = print,
                 int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> dict:
-    """Write the ONNX model directory `out` for `checkpoint`; return the validation report."""
+    """Write the ONNX model directory `out` for `checkpoint` (float32, or quantized by `tinyllm
+    quantize`); return the validation report. `quant` None: none, or a quantized checkpoint's own."""
     checkpoint, out = Path(checkpoint), Path(out)
+    info = quantization_info(checkpoint)
+    quant = checkpoint_quant(checkpoint, quant, info)
     check_options(quant, opset)
     if out.exists() and not force:
         raise TinyLLMError(f"{out}: already exists; pass --force to overwrite it")
     if out.resolve() == checkpoint.resolve():
         raise TinyLLMError(f"{out}: is the checkpoint itself; write the ONNX model to another directory")
+    if info is not None:
+        return export_quantized_checkpoint(read_quantized_checkpoint(checkpoint), out, quant, opset, force, log)
     model, tokenizer = load_checkpoint(checkpoint)
     report = {}
     steps = 2 if quant == "none" else 4  # trace, [validate float32, quantize,] validate
@@ -95,23 +126,54 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quant: str = "none", op
         report[quant] = validate(tmp, model, quant, log)
         record_validation(tmp, report)
         bar.update()
-    size = sum(f.stat().st_size for f in out.iterdir())
-    log(f"wrote {out} ({size / 1e6:.1f} MB, quant {quant}, opset {opset})")
+    log_written(out, quant, opset, log)
     return report
 
 
+def export_quantized_checkpoint(source: QuantizedCheckpoint, out: Path, quant: str, opset: int, force: bool,
+                                log: Callable[[str], None]) -> dict:
+    """The graph of `source`'s float twin with the checkpoint's blocks in place of its MatMul weights."""
+    with atomic_directory(out, replace=force) as tmp, tqdm(total=2, desc="onnx export", unit="step",
+                                                             leave=False, disable=None) as bar:
+        proto = export_graph(source.model, tmp / MODEL_FILE, opset)
+        missing = sorted(set(source.blocks) - set(matmul_weights(proto)))
+        if missing:
+            raise TinyLLMError(f"ONNX export: no MatMul in the traced graph holds {', '.join(missing[:4])}; "
+                               "nothing was written")
+        write_matmul_nbits(proto, source.blocks, EXACT_ACCURACY_LEVEL)
+        save_model(proto, tmp / MODEL_FILE)
+        write_support_files(tmp, source.model, source.tokenizer, quant, opset, EXACT_ACCURACY_LEVEL, source)
+        bar.update()
+        report = {quant: validate(tmp, source.model, quant, log, reference=source.reference)}
+        record_validation(tmp, report)
+        bar.update()
+    log_written(out, f"{quant}, the checkpoint's {source.info.get('format')} blocks", opset, log)
+    return report
+
+
+def log_written(out: Path, quant: str, opset: int, log: Callable[[str], None]) -> None:
+    size = sum(f.stat().st_size for f in out.iterdir())
+    log(f"wrote {out} ({size / 1e6:.1f} MB, quant {quant}, opset {opset})")
+
+
 @torch.inference_mode()
-def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str], None]) -> dict:
+def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str], None],
+             reference: Transformer | None = None) -> dict:
     """Run the exported graph on random prompts (the first half of each from an empty cache, then
     one token and the rest over the cached past) and compare its logits with PyTorch's.
 
     A float32 graph is held to PyTorch's float32 model. A quantized graph is held to PyTorch
     running the weights read back from the graph (so a mis-packed block or a wrong scale fails,
     whatever the quantization costs the model), and its distance to float32 is reported beside.
+    A quantized checkpoint's graph is held to the given `reference`, the checkpoint's PyTorch
+    model, as tightly as float32 (no float32 model to report a distance to).
     """
     runtime = OnnxRuntime.load(directory)
-    reference = model if quant == "none" else with_weights(model, dequantized_weights(
-        onnx.load(str(directory / MODEL_FILE))))
+    from_checkpoint = reference is not None
+    if not from_checkpoint:
+        reference = model if quant == "none" else with_weights(model, dequantized_weights(
+            onnx.load(str(directory / MODEL_FILE))))
+    tolerance = CHECKPOINT_TOLERANCE if from_checkpoint else TOLERANCE[quant]
     c = model.config
     n = min(VALIDATION_TOKENS, c.max_seq_len)
     generator = torch.Generator().manual_seed(0)
@@ -124,20 +186,21 @@ def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str
                                    runtime.forward(ids[half + 1:])]))
         expected.append(reference(torch.tensor([ids]))[0].numpy())
         float32.append(model(torch.tensor([ids]))[0].numpy())
-    result = {**errors(got, expected), "tolerance_rel": TOLERANCE[quant]}
+    result = {**errors(got, expected), "tolerance_rel": tolerance}
     label = "float32" if quant == "none" else quant
-    against = "PyTorch float32" if quant == "none" else f"PyTorch on the {quant} weights read back from the graph"
+    against = ("the PyTorch runtime of the quantized checkpoint" if from_checkpoint else
+               "PyTorch float32" if quant == "none" else f"PyTorch on the {quant} weights read back from the graph")
     log(f"validation ({label} graph vs {against}, {result['positions']} positions with and without past): "
         f"max abs error {result['max_abs_error']:.2e}, max rel error {result['max_rel_error']:.2e} "
-        f"(tolerance {TOLERANCE[quant]:.2g})")
-    if quant != "none":
+        f"(tolerance {tolerance:.2g})")
+    if quant != "none" and not from_checkpoint:
         result["vs_float32"] = errors(got, float32)
         log(f"  {label} vs PyTorch float32: max abs error {result['vs_float32']['max_abs_error']:.2e}, "
             f"max rel error {result['vs_float32']['max_rel_error']:.2e}, "
             f"top-1 agreement {result['vs_float32']['top1_agreement']:.1%}")
-    if not result["max_rel_error"] <= TOLERANCE[quant]:  # also catches NaN
+    if not result["max_rel_error"] <= tolerance:  # also catches NaN
         raise TinyLLMError(f"ONNX export failed validation: the {label} graph's logits differ from {against} by "
-                           f"{result['max_rel_error']:.2e} relative (tolerance {TOLERANCE[quant]:.2g}); "
+                           f"{result['max_rel_error']:.2e} relative (tolerance {tolerance:.2g}); "
                            "nothing was written")
     return result
 
@@ -163,11 +226,19 @@ def with_weights(model: Transformer, weights: dict[str, np.ndarray]) -> Transfor
     return copy.eval()
 
 
-def genai_config(model: Transformer, tokenizer: Tokenizer, quant: str, opset: int, accuracy_level: int) -> dict:
+def genai_config(model: Transformer, tokenizer: Tokenizer, quant: str, opset: int, accuracy_level: int,
+                 source: QuantizedCheckpoint | None = None) -> dict:
     """onnxruntime-genai's layout for the graph's names and sizes, and tinyllm's own record."""
     c = model.config
     info = {"quant": quant, "opset": opset, "exporter": "torch.onnx (TorchScript)", "torch": torch.__version__}
-    if quant == "int4":
+    if source is not None:
+        q = source.info
+        info["quantized_checkpoint"] = {
+            "op": "com.microsoft MatMulNBits", "scheme": q.get("scheme"), "method": q.get("method"),
+            "tensors": {name: entry.get("format") for name, entry in q.get("tensors", {}).items()},
+            "accuracy_level": accuracy_level, "blocks": "copied from the checkpoint, not re-quantized",
+            "embedding": "float32 Gather table holding the dequantized codes (exact: a lookup)"}
+    elif quant == "int4":
         info["int4"] = {"op": "com.microsoft MatMulNBits", "bits": 4, "block_size": INT4_BLOCK, "symmetric": True,
                         "accuracy_level": accuracy_level}
     elif quant == "int8":
@@ -195,11 +266,11 @@ def genai_config(model: Transformer, tokenizer: Tokenizer, quant: str, opset: in
 
 
 def write_support_files(directory: Path, model: Transformer, tokenizer: Tokenizer, quant: str, opset: int,
-                        accuracy_level: int) -> None:
+                        accuracy_level: int, source: QuantizedCheckpoint | None = None) -> None:
     model.config.save(directory / CONFIG_FILE)
     tokenizer.save(directory / TOKENIZER_FILE)
     tokenizer.save_hf_config(directory / TOKENIZER_CONFIG_FILE)
-    genai = genai_config(model, tokenizer, quant, opset, accuracy_level)
+    genai = genai_config(model, tokenizer, quant, opset, accuracy_level, source)
     atomic_write_text(directory / GENAI_CONFIG_FILE, json.dumps(genai, indent=2) + "\n")
 
 
@@ -214,14 +285,17 @@ def record_validation(directory: Path, report: dict) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Model directory to write (model.onnx, config.json, tokenizer.json, genai_config.json).")
-@click.option("--quant", default="none", show_default=True,
-              help="none (float32), int8 (onnxruntime dynamic INT8, CPU) or int4 (MatMulNBits, block 32).")
+@click.option("--quant", default=None,
+              help="none (float32, the default), int8 (onnxruntime dynamic INT8, CPU) or int4 (MatMulNBits, "
+                   "block 32). A quantized checkpoint (tinyllm quantize) is written with its own blocks as "
+                   "MatMulNBits; --quant defaults to, and must be, its scheme.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset of the graph ({MIN_OPSET}–{MAX_OPSET}).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def onnx_command(checkpoint, out, quant, opset, force):
-    """Export CHECKPOINT for onnxruntime: one graph with a KV cache, checked against PyTorch.
+    """Export CHECKPOINT (float32, or quantized by `tinyllm quantize`) for onnxruntime: one graph
+    with a KV cache, checked against PyTorch before it is kept.
 
     Run it with `tinyllm generate OUT --prompt …` or `tinyllm eval OUT`.
     """
-    export_onnx(checkpoint, out, quant.lower(), opset, force, log=lambda m: click.echo(m, err=True))
+    export_onnx(checkpoint, out, quant and quant.lower(), opset, force, log=lambda m: click.echo(m, err=True))

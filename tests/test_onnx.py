@@ -3,6 +3,8 @@
 Float32 parity with PyTorch (logits, greedy tokens, cached = full forward), the graph's names and
 dynamic axes, INT8/INT4 perplexity within the bounds the README states, the INT4 blocks against
 onnxruntime's own quantizer, a self-contained directory, and one clear line for each bad input.
+Quantized checkpoints (`tinyllm quantize`) exported with their own blocks: perplexity and greedy
+tokens equal to the PyTorch quantized runtime's, and MatMulNBits holding the checkpoint's codes.
 """
 
 import json
@@ -226,3 +228,114 @@ def test_cuda_without_onnxruntime_gpu_says_so(exported):
         pytest.skip("this onnxruntime has the CUDA provider")
     result = CliRunner().invoke(tinyllm_main, ["generate", str(exported["none"]), "--device", "cuda", "-n", "2"])
     assert_one_line_error(result, "onnxruntime-gpu")
+
+
+# --- quantized checkpoints (tinyllm quantize) exported with their own blocks ---------------------
+
+QUANTIZED = {"int8-rtn": ("int8", False, "rtn"), "int4-gptq": ("int4", False, "gptq"),
+             "int4-asym-rtn": ("int4", True, "rtn")}
+
+
+@pytest.fixture(scope="module")
+def quantized_exports(trained_checkpoint, tmp_path_factory):
+    """{name: (quantized checkpoint, its ONNX export)} for each of QUANTIZED."""
+    from quantize.quantizer import quantize_checkpoint
+
+    root = tmp_path_factory.mktemp("onnx-quantized")
+    out = {}
+    for name, (scheme, asym, method) in QUANTIZED.items():
+        checkpoint, directory = root / name, root / f"{name}-onnx"
+        quantize_checkpoint(trained_checkpoint, checkpoint, scheme, asym, method=method, calib_tokens=1024)
+        onnx_export.export_onnx(checkpoint, directory, log=lambda m: None)
+        out[name] = checkpoint, directory
+    return out
+
+
+def checkpoint_weights(checkpoint) -> dict:
+    """The checkpoint's quantized tensors as stored, read straight from its safetensors."""
+    from safetensors.torch import load_file
+
+    from quantize.checkpoint import quantization_info, weight_shapes
+    from quantize.schemes import QuantizedWeight, Scheme
+    from tinyllm.config import ModelConfig
+
+    shapes = weight_shapes(ModelConfig.load(checkpoint / "config.json"))
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    return {name: QuantizedWeight.from_tensors(Scheme.from_dict(entry), name, tensors,
+                                               tuple(shapes[name.removeprefix("model.")]), "test")
+            for name, entry in quantization_info(checkpoint)["tensors"].items()}
+
+
+def test_quantized_checkpoint_perplexity_equals_pytorch(quantized_exports):
+    from tinyllm.runtime.quantized_runtime import QuantizedTorchRuntime
+
+    for name, (checkpoint, directory) in quantized_exports.items():
+        runtime = load_runtime(checkpoint, threads=1)
+        assert isinstance(runtime, QuantizedTorchRuntime)
+        expected = evaluate(runtime, progress=False)["ppl"]
+        ppl = evaluate(load_runtime(directory, threads=1), progress=False)["ppl"]
+        print(f"{name}: onnx ppl {ppl:.5f} vs torch quantized {expected:.5f} ({ppl / expected - 1:+.4%})")
+        assert abs(ppl / expected - 1) <= 1e-3, (name, ppl, expected)
+
+
+def test_matmul_nbits_holds_the_checkpoints_blocks(quantized_exports):
+    """The initializers are the checkpoint's codes and scales re-laid out, not re-quantized."""
+    from quantize.schemes import matmul_nbits
+
+    for name, (checkpoint, directory) in quantized_exports.items():
+        proto = onnx.load(str(directory / "model.onnx"))
+        inits = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
+        nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+        assert len(nodes) == 7 * 2 + 1 and "MatMulInteger" not in {n.op_type for n in proto.graph.node}
+        assert all(onnx.helper.get_attribute_value(a) == 0 for n in nodes for a in n.attribute
+                   if a.name == "accuracy_level")  # float32 activations, as the PyTorch runtime
+        weights = checkpoint_weights(checkpoint)
+        q = weights["model.layers.0.self_attn.q_proj.weight"]
+        if q.scheme.bits == 4 and not q.scheme.asym:
+            blocks = matmul_nbits(q)
+            assert np.array_equal(inits["model.layers.0.self_attn.q_proj.weight.T.q4"], blocks["B"])
+            assert np.array_equal(inits["model.layers.0.self_attn.q_proj.weight.T.scales"],
+                                  blocks["scales"].astype(np.float32))
+        # The tied embedding is the head: q8_0 codes c stored as c + 128 (MatMulNBits' zero point 128).
+        head = weights["model.embed_tokens.weight"]
+        assert head.scheme.bits == 8
+        assert np.array_equal(inits["lm_head.weight.T.q8"].reshape(head.codes.shape),
+                              head.codes.numpy().astype(np.int16) + 128)
+        # Every quantized matrix reads back as exactly the weights the checkpoint's dequantize gives.
+        read_back = dequantized_weights(proto)
+        for tensor, qw in weights.items():
+            graph_name = "lm_head.weight.T" if tensor == "model.embed_tokens.weight" else tensor + ".T"
+            assert np.array_equal(read_back[graph_name], qw.dequantize().numpy().T), (name, tensor)
+        # The embedding lookup is the dequantized table, float32.
+        assert np.array_equal(inits["model.embed_tokens.weight"], head.dequantize().numpy())
+
+
+def test_quantized_checkpoint_greedy_generation_equals_pytorch(quantized_exports):
+    # Logits agree to ~1e-6 relative (float32 rounding), far inside any gap between the top two
+    # tokens of this model's 32 greedy steps; so the tokens are asserted identical.
+    checkpoint, directory = quantized_exports["int4-gptq"]
+    expected_runtime, runtime = load_runtime(checkpoint, threads=1), load_runtime(directory, threads=1)
+    prompt = runtime.tokenizer.encode("Mira walked to the harbour")
+    expected = list(generate_tokens(expected_runtime, prompt, 32, Sampler(GREEDY)))
+    assert len(expected) == 32 and list(generate_tokens(runtime, prompt, 32, Sampler(GREEDY))) == expected
+
+
+@pytest.mark.parametrize("name, quant, fragment", [
+    ("int4-gptq", "none", "export the float32 checkpoint"),
+    ("int4-gptq", "int8", "tinyllm quantize int8"),
+    ("int8-rtn", "int4", "tinyllm quantize int4"),
+    ("int8-rtn", "int3", "unknown"),
+])
+def test_quantized_checkpoint_with_another_quant_is_refused(quantized_exports, tmp_path, name, quant, fragment):
+    checkpoint, _ = quantized_exports[name]
+    assert_one_line_error(export_cli(checkpoint, "-o", tmp_path / "out", "--quant", quant), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantized_checkpoint_exports_by_cli_with_its_own_scheme(quantized_exports, tmp_path):
+    checkpoint, _ = quantized_exports["int8-rtn"]
+    result = export_cli(checkpoint, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    genai = json.loads((tmp_path / "out" / "genai_config.json").read_text())
+    assert genai["tinyllm"]["quant"] == "int8" and genai["tinyllm"]["quantized_checkpoint"]["scheme"] == "int8"
+    assert genai["tinyllm"]["validation"]["int8"]["max_rel_error"] <= onnx_export.CHECKPOINT_TOLERANCE

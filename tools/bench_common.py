@@ -1,0 +1,187 @@
+"""Helpers shared by tools/bench_train.py and tools/bench_decode.py.
+
+Summary statistics over repeated timings, the machine description written next to every figure,
+thread control, a plain-text table and the `--json` dump. Nothing here times anything itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+import torch
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """Seconds one call of `fn` took, and what it returned."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def summarize(samples: Sequence[float]) -> dict:
+    """Median and spread of repeated measurements; the raw samples are kept for the JSON."""
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": list(samples)}
+
+
+def rates(amount: float, seconds: Sequence[float]) -> dict:
+    """Summarize `amount / t` per sample rather than `amount / median(t)`: with an even number
+    of repeats the two differ, and the table should show the median of what it lists."""
+    return summarize([amount / s for s in seconds])
+
+
+def spread(stats: dict, fmt: str = "{:,.0f}") -> str:
+    """'median (min–max)' for a table cell."""
+    return f"{fmt.format(stats['median'])} ({fmt.format(stats['min'])}–{fmt.format(stats['max'])})"
+
+
+def set_threads(threads: int | None) -> int:
+    """Apply --threads (None keeps torch's default) and return the count torch will use."""
+    if threads is not None:
+        if threads <= 0:
+            raise click.BadParameter(f"must be positive, got {threads}", param_hint="--threads")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def _cpu_model() -> str:
+    # platform.processor() is often empty or just "x86_64" on Linux; lscpu names the part.
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name" and value.strip():
+                return value.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    load = load_average()
+    return {
+        "cpu_model": _cpu_model(),
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        # The benchmark machines are often shared: a high load average explains a slow figure.
+        "load_average_1_5_15": load,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_line(info: dict) -> str:
+    return (f"{info['cpu_model']} ({info['cpus_usable']} usable of {info['cpu_count']} CPUs); "
+            f"torch {info['torch']}, {info['torch_threads']} threads; python {info['python']}")
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall s, CPU-seconds the whole machine was busy, CPU-seconds of this process), or None
+    where /proc/stat is missing (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: steal counts as busy, since on a VM it is
+    # time a neighbour took from us.
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+
+
+class CpuShare:
+    """How much CPU other processes used while the benchmark ran.
+
+    The load average lags by minutes and counts our own threads, so instead compare the machine's
+    busy time (/proc/stat) with this process's own CPU time (all its threads) over the same span.
+    """
+
+    def __init__(self):
+        self._start = _cpu_snapshot()
+
+    def stop(self) -> dict | None:
+        end = _cpu_snapshot()
+        if self._start is None or end is None:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self._start, end))
+        others = max(0.0, busy - own)
+        return {"wall_s": wall, "machine_busy_cpu_s": busy, "own_cpu_s": own, "other_cpu_s": others,
+                "other_cpus_avg": others / wall if wall > 0 else 0.0}
+
+
+def share_lines(share: dict | None, cpus: int) -> list[str]:
+    """The header line about other work, and a warning when it was enough to skew the figures."""
+    if share is None:
+        return []
+    lines = [f"others:  other processes used {share['other_cpus_avg']:.2f} of {cpus} CPUs on average "
+             f"during the {share['wall_s']:.1f} s run (this one: {share['own_cpu_s'] / share['wall_s']:.2f})"]
+    if share["other_cpus_avg"] > 0.2:
+        lines.append("note: other work shared the machine, so these figures are likely pessimistic and their "
+                     "spread wide; rerun on a quiet machine to compare")
+    return lines
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A fixed-width table: the first column left-aligned, the figures right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {path}")
+
+
+def common_options(warmup: int, repeats: int):
+    """--warmup, --repeats, --threads and --json, with per-script defaults."""
+    def decorate(fn):
+        for option in reversed([
+            click.option("--warmup", type=click.IntRange(min=0), default=warmup, show_default=True,
+                         help="Untimed runs first (allocator, thread pool and caches settle)."),
+            click.option("--repeats", type=click.IntRange(min=1), default=repeats, show_default=True,
+                         help="Timed runs; the median and min–max are reported."),
+            click.option("--threads", type=int, default=None,
+                         help="torch intra-op threads [torch's default]."),
+            click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="Also write every figure, the settings and the machine info to this file."),
+        ]):
+            fn = option(fn)
+        return fn
+    return decorate
