@@ -32,8 +32,8 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFWrite
 from tqdm import tqdm
 
 from export.gguf_quants import block_size, encode, fits
-from quantize.checkpoint import quantization_info, weight_shapes
-from quantize.schemes import QuantizedWeight, Scheme, ggml_blocks
+from quantize.checkpoint import quantization_info, stored_blocks
+from quantize.schemes import QuantizedWeight, ggml_blocks
 from tinyllm import __version__
 from tinyllm.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 from tinyllm.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir, from_hf_names,
@@ -281,17 +281,9 @@ def read_quantized(checkpoint: Path, info: dict) -> tuple[ModelConfig, Tokenizer
     """A quantized checkpoint's config, tokenizer, float tensors and stored blocks (our module names),
     read as stored: no model is built and no weight is dequantized."""
     checkpoint = check_checkpoint_dir(checkpoint)
-    where = str(checkpoint / CONFIG_FILE)
     config = ModelConfig.load(checkpoint / CONFIG_FILE)
     stored = read_tensors(checkpoint / WEIGHTS_FILE)
-    shapes = weight_shapes(config)
-    quantized = {}
-    for hf_name, entry in info.get("tensors", {}).items():
-        ours = hf_name.removeprefix("model.")
-        if ours not in shapes:
-            raise TinyLLMError(f"{where}: quantized tensor {hf_name} is not a tensor of this model")
-        quantized[ours] = QuantizedWeight.from_tensors(Scheme.from_dict(entry, where), hf_name, stored,
-                                                       tuple(shapes[ours]), str(checkpoint / WEIGHTS_FILE))
+    quantized = stored_blocks(checkpoint, config, info, stored)
     floats = {k: v.float().numpy() for k, v in from_hf_names(stored).items()
               if not k.endswith((".codes", ".scales", ".mins"))}
     missing = [ours for ours in gguf_names(config) if ours not in quantized and ours not in floats]

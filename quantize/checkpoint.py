@@ -71,14 +71,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     config = ModelConfig.load(path / CONFIG_FILE)
     tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
     tensors = read_tensors(path / WEIGHTS_FILE)
-    reference = weight_shapes(config)
-    quantized = {}
-    for name, entry in info.get("tensors", {}).items():
-        short = name.removeprefix("model.")
-        if short not in reference:
-            raise TinyLLMError(f"{where}: quantized tensor {name} is not a tensor of this model")
-        quantized[short] = QuantizedWeight.from_tensors(Scheme.from_dict(entry, where), name, tensors,
-                                                        tuple(reference[short]), str(path / WEIGHTS_FILE))
+    quantized = stored_blocks(path, config, info, tensors)
     floats = from_hf_names({k: v for k, v in tensors.items() if not k.endswith((".codes", ".scales", ".mins"))})
     if torch.device(device).type != "cpu" and kernel == "auto":
         kernel = "dequant"  # the packed kernels here are the CPU ones
@@ -87,6 +80,21 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     except ValueError as e:
         raise TinyLLMError(f"{path}: {e}; the quantized checkpoint is damaged") from None
     return model.to(device).eval(), tokenizer, info
+
+
+def stored_blocks(path: Path, config: ModelConfig, info: dict,
+                  tensors: dict[str, torch.Tensor]) -> dict[str, QuantizedWeight]:
+    """The stored codes/scales of every quantized tensor, under our module names, as stored."""
+    where = str(path / CONFIG_FILE)
+    reference = weight_shapes(config)
+    quantized = {}
+    for name, entry in info.get("tensors", {}).items():
+        short = name.removeprefix("model.")
+        if short not in reference:
+            raise TinyLLMError(f"{where}: quantized tensor {name} is not a tensor of this model")
+        quantized[short] = QuantizedWeight.from_tensors(Scheme.from_dict(entry, where), name, tensors,
+                                                        tuple(reference[short]), str(path / WEIGHTS_FILE))
+    return quantized
 
 
 def weight_shapes(config: ModelConfig) -> dict[str, torch.Size]:
