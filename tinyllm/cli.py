@@ -15,6 +15,7 @@ import click
 from export.cli import main as export_main
 from quantize.cli import main as quantize_main
 from tinyllm import __version__
+from tinyllm.bench.cli import main as bench_main
 from tinyllm.cli_support import Group
 from tinyllm.data import BUILTIN_DEFAULT_SIZE, corpus_stats, load_documents, write_corpus
 from tinyllm.errors import TinyLLMError
@@ -37,6 +38,7 @@ main.add_command(train_command, "train")
 main.add_command(export_main, "export")
 main.add_command(quantize_main, "quantize")
 main.add_command(serve_command, "serve")
+main.add_command(bench_main, "bench")
 
 
 def sampling_options(fn):

@@ -1,0 +1,138 @@
+"""The formats `tinyllm-bench` knows: what each one is made from, which runtime runs it, and the
+bound its perplexity must keep.
+
+Every quantized format is made from one set of blocks wherever a runtime can run them: the
+ONNX and GGUF int8 rows carry `torch-int8`'s q8_0 blocks, and the ONNX and GGUF int4 rows carry
+`torch-int4-gptq`'s calibrated q4_0 blocks, exported verbatim (never quantized twice). So those
+rows must reproduce their source's perplexity, and the bench checks that they do. The other GGUF
+types are made by tinyllm's GGUF writer from float32 (GGML's reference rounding), and
+`gguf-q4_0-llama-quantize` by llama.cpp's own `llama-quantize` on the F32 file: the reference
+tinyllm's calibrated int4 must beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinyllm.errors import TinyLLMError
+
+REFERENCE = "torch-f32"
+PARITY = ("torch-f32", "onnx-f32", "gguf-f32")
+PARITY_PCT = 0.05  # |ΔPPL| the float32 runtimes (and verbatim exports of one set of blocks) may show
+GPTQ_GOAL = 0.5  # calibrated int4's ΔPPL at most this fraction of llama-quantize Q4_0's
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    runtime: str  # "torch", "onnxruntime" or "llama.cpp"
+    make: str  # "checkpoint" (the float32 directory itself), "quantize", "onnx", "gguf", "llama-quantize"
+    source: str | None  # the format it is made from; None: the float32 checkpoint
+    params: dict = field(default_factory=dict)  # arguments of the maker (part of the cache key)
+    max_delta_pct: float | None = None  # ΔPPL vs torch-f32 above which the row is flagged
+    same_as: str | None = None  # a format whose PPL it must match within PARITY_PCT (same weights)
+    what: str = ""  # one line for the report: what the artifact is
+
+    @property
+    def gguf(self) -> bool:
+        return self.runtime == "llama.cpp"
+
+
+def _formats() -> dict[str, Format]:
+    rows = [
+        Format("torch-f32", "torch", "checkpoint", None, what="the float32 checkpoint"),
+        Format("torch-int8", "torch", "quantize", None, {"scheme": "int8", "method": "rtn"}, 0.1,
+               what="int8 (q8_0 blocks), round to nearest"),
+        Format("torch-int4", "torch", "quantize", None, {"scheme": "int4", "method": "rtn"}, 5.0,
+               what="int4 (q4_0 blocks), round to nearest"),
+        Format("torch-int4-gptq", "torch", "quantize", None, {"scheme": "int4", "method": "gptq"}, 5.0,
+               what="int4 (q4_0 blocks), GPTQ-calibrated on the training split"),
+        Format("onnx-f32", "onnxruntime", "onnx", None, max_delta_pct=PARITY_PCT, what="float32 ONNX graph"),
+        Format("onnx-int8", "onnxruntime", "onnx", "torch-int8", max_delta_pct=0.1, same_as="torch-int8",
+               what="torch-int8's blocks in MatMulNBits (bits 8)"),
+        Format("onnx-int4", "onnxruntime", "onnx", "torch-int4-gptq", max_delta_pct=5.0, same_as="torch-int4-gptq",
+               what="torch-int4-gptq's blocks in MatMulNBits (bits 4)"),
+        Format("gguf-f32", "llama.cpp", "gguf", None, {"type": "f32"}, PARITY_PCT, what="GGUF F32"),
+        Format("gguf-f16", "llama.cpp", "gguf", None, {"type": "f16"}, PARITY_PCT, what="GGUF F16"),
+        Format("gguf-q8_0", "llama.cpp", "gguf", "torch-int8", max_delta_pct=0.1, same_as="torch-int8",
+               what="torch-int8's q8_0 blocks, copied"),
+        Format("gguf-q4_0", "llama.cpp", "gguf", "torch-int4-gptq", max_delta_pct=5.0, same_as="torch-int4-gptq",
+               what="torch-int4-gptq's q4_0 blocks, copied"),
+        Format("gguf-q4_1", "llama.cpp", "gguf", None, {"type": "q4_1"}, 5.0, what="GGUF Q4_1 by tinyllm's writer"),
+        Format("gguf-q5_0", "llama.cpp", "gguf", None, {"type": "q5_0"}, 2.0, what="GGUF Q5_0 by tinyllm's writer"),
+        Format("gguf-q4_k", "llama.cpp", "gguf", None, {"type": "q4_k"}, 5.0, what="GGUF Q4_K by tinyllm's writer"),
+        Format("gguf-q6_k", "llama.cpp", "gguf", None, {"type": "q6_k"}, 1.0, what="GGUF Q6_K by tinyllm's writer"),
+        Format("gguf-q4_0-llama-quantize", "llama.cpp", "llama-quantize", "gguf-f32", {"type": "Q4_0"}, 5.0,
+               what="llama.cpp's llama-quantize Q4_0 of gguf-f32"),
+    ]
+    return {f.name: f for f in rows}
+
+
+FORMATS = _formats()
+
+
+def parse_formats(spec: str) -> list[Format]:
+    """'all' or a comma-separated list of names, in the order given (duplicates dropped)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise TinyLLMError("--formats is empty; give 'all' or names such as torch-f32,gguf-q4_0")
+    if "all" in names:
+        return list(FORMATS.values())
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise TinyLLMError(f"--formats: unknown format {', '.join(unknown)}; choose from all, {', '.join(FORMATS)}")
+    return [FORMATS[n] for n in dict.fromkeys(names)]
+
+
+def bound_text(fmt: Format) -> str:
+    """What a row is held to, in words (the report's bound column)."""
+    parts = []
+    if fmt.name in PARITY[1:]:
+        parts.append(f"|ΔPPL| ≤ {PARITY_PCT}% vs torch-f32 (parity)")
+    elif fmt.max_delta_pct is not None:
+        parts.append(f"ΔPPL ≤ +{fmt.max_delta_pct}%")
+    if fmt.same_as:
+        parts.append(f"PPL within {PARITY_PCT}% of {fmt.same_as} (same blocks)")
+    if fmt.name == "torch-int4-gptq":
+        parts.append(f"ΔPPL ≤ {GPTQ_GOAL:g}× llama-quantize Q4_0's")
+    return "; ".join(parts) or "the reference"
+
+
+def check_bounds(rows: dict[str, dict]) -> None:
+    """Set each measured row's `bound` ({text, ok}) and append a line to `flags` for every bound broken."""
+    base = rows.get(REFERENCE, {}).get("ppl")
+    for name, row in rows.items():
+        fmt = FORMATS[name]
+        row["bound"] = {"text": bound_text(fmt), "ok": None}
+        if row.get("ppl") is None or base is None:
+            continue
+        flags = row.setdefault("flags", [])
+        delta = 100 * (row["ppl"] / base - 1)
+        if name in PARITY[1:] and abs(delta) > PARITY_PCT:
+            flags.append(f"{name}: PPL differs from torch-f32 by {delta:+.4f}%, beyond the ±{PARITY_PCT}% parity bound")
+        elif fmt.max_delta_pct is not None and delta > fmt.max_delta_pct:
+            flags.append(f"{name}: ΔPPL {delta:+.3f}% exceeds its bound of +{fmt.max_delta_pct}%")
+        twin = rows.get(fmt.same_as or "", {}).get("ppl")
+        if twin is not None and abs(100 * (row["ppl"] / twin - 1)) > PARITY_PCT:
+            flags.append(f"{name}: PPL {row['ppl']:.5f} differs from {fmt.same_as}'s {twin:.5f} (same blocks) by "
+                         f"more than {PARITY_PCT}%")
+        reference_q4 = rows.get("gguf-q4_0-llama-quantize", {}).get("ppl")
+        if name == "torch-int4-gptq" and reference_q4 is not None:
+            goal = GPTQ_GOAL * 100 * (reference_q4 / base - 1)
+            if delta > max(goal, 0.0):
+                flags.append(f"{name}: ΔPPL {delta:+.3f}% is above {GPTQ_GOAL:g}× llama-quantize Q4_0's "
+                             f"({goal:+.3f}%), the project's goal")
+        row["bound"]["ok"] = not flags
+
+
+def parity(rows: dict[str, dict]) -> dict | None:
+    """The parity column: torch-f32, onnx-f32 and gguf-f32 must agree on PPL within PARITY_PCT."""
+    ppl = {n: rows[n]["ppl"] for n in PARITY if rows.get(n, {}).get("ppl") is not None}
+    if "gguf-f32" in rows and rows["gguf-f32"].get("ppl_own_tokenizer") is not None:
+        # llama-perplexity -f on the text itself: llama.cpp's tokenizer, not tinyllm's tokens
+        ppl["gguf-f32 (llama.cpp tokenizing)"] = rows["gguf-f32"]["ppl_own_tokenizer"]
+    if len(ppl) < 2:
+        return None
+    spread = 100 * (max(ppl.values()) / min(ppl.values()) - 1)
+    return {"formats": list(ppl), "ppl": ppl, "max_rel_diff_pct": spread, "bound_pct": PARITY_PCT,
+            "ok": spread <= PARITY_PCT}

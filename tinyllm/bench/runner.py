@@ -1,0 +1,209 @@
+"""`tinyllm-bench`'s work: one text, one set of tokens, every format measured the same way.
+
+`run_bench` reads the checkpoint and the text, makes (or reuses) each format's artifact, measures
+torch-f32 first (its logits become the reference file every other row is compared against), then
+each requested format, and returns the results dict that `report.py` renders (schema: every key
+`report.write_outputs` reads). A row that fails keeps its error and the run goes on; bad input
+(format names, data file, context, missing llama.cpp) stops it before any work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from tinyllm import __version__
+from tinyllm.bench.artifacts import Artifacts
+from tinyllm.bench.formats import FORMATS, PARITY_PCT, REFERENCE, Format, check_bounds, parity
+from tinyllm.bench.llama_rows import bench_flags, kl_divergence, llama_bench, server_check
+from tinyllm.bench.measure import SpeedSettings, in_child, measure_row
+from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir
+from tinyllm.config import ModelConfig
+from tinyllm.errors import TinyLLMError
+from tinyllm.llama_cpp import LlamaCpp, find_llama_cpp
+from tinyllm.perplexity import chunks as split_chunks
+from tinyllm.tokenizer import Tokenizer
+
+REFERENCE_FILE = "reference-torch-f32.kld"
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def evaluation_text(config: ModelConfig, data: str) -> str:
+    from tinyllm.dataset import DataSpec, load_splits
+    from tinyllm.evaluate import plain_text, read_text
+
+    if data != "validation":
+        return read_text(data)
+    if not config.extra.get("data"):
+        raise TinyLLMError("this checkpoint records no training data, so it has no validation split; pass --data FILE")
+    _, val_docs = load_splits(DataSpec.from_dict(config.extra["data"]))
+    return plain_text(val_docs)
+
+
+def artifact_bytes(fmt: Format, path: Path) -> int:
+    """The weight file(s) the runtime loads: safetensors, the ONNX graph and its data, the GGUF."""
+    if path.is_file():
+        return path.stat().st_size
+    if fmt.runtime == "onnxruntime":
+        return sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
+    return (path / WEIGHTS_FILE).stat().st_size
+
+
+def versions(llama_cpp: LlamaCpp | None) -> dict:
+    found = {}
+    for package in ("torch", "onnxruntime", "numpy", "gguf", "onnx"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["llama.cpp"] = llama_cpp.version() if llama_cpp else None
+    found["python"] = platform.python_version()
+    return found
+
+
+def machine() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    try:
+        from bench_common import machine_info  # the same machine record as the tools/ benchmarks
+        return machine_info()
+    except ImportError:  # an installed package without the checkout's tools/
+        return {"cpu_model": platform.processor() or platform.machine(), "cpus_usable": usable_cpus(),
+                "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    finally:
+        sys.path.pop(0)
+
+
+class Bench:
+    def __init__(self, checkpoint: Path, out: Path, data: str, n_ctx: int | None, threads: int, device: str,
+                 speed: SpeedSettings, llama_cpp: LlamaCpp | None, calib_tokens: int, log: Callable[[str], None]):
+        self.checkpoint, self.out, self.data, self.threads, self.device = checkpoint, out, data, threads, device
+        self.config = ModelConfig.load(checkpoint / CONFIG_FILE)
+        self.text = evaluation_text(self.config, data)
+        self.n_ctx = n_ctx or self.config.max_seq_len
+        if self.n_ctx > self.config.max_seq_len:
+            raise TinyLLMError(f"--ctx {self.n_ctx} is longer than the model's context ({self.config.max_seq_len})")
+        self.tokens = Tokenizer.load(checkpoint / TOKENIZER_FILE).encode(self.text, parse_special=False)
+        self.chunks = [list(c) for c in split_chunks(self.tokens, self.n_ctx)]
+        if speed.prompt_tokens + speed.decode_tokens > self.config.max_seq_len:
+            raise TinyLLMError(f"--prompt-tokens {speed.prompt_tokens} + --decode-tokens {speed.decode_tokens} exceed "
+                               f"the model's context ({self.config.max_seq_len}); make them smaller")
+        self.speed, self.llama_cpp, self.log = speed, llama_cpp, log
+        self.ngl = 0 if device == "cpu" else 999
+        self.reference = out / REFERENCE_FILE
+        self.artifacts = Artifacts(checkpoint, out, llama_cpp, calib_tokens, log)
+
+    def measure(self, fmt: Format) -> dict:
+        artifact = self.artifacts.get(fmt)
+        row = {"format": fmt.name, "runtime": fmt.runtime, "source": fmt.what, "path": str(artifact.path),
+               "build_seconds": artifact.build_seconds, "cached": artifact.cached,
+               "size_bytes": artifact_bytes(fmt, artifact.path)}
+        if fmt.gguf:
+            row["describe"] = f"{fmt.name} on llama.cpp ({self.llama_cpp.version()}), {self.threads} threads"
+            row.update(kl_divergence(self.llama_cpp, artifact.path, self.reference, self.n_ctx, self.threads, self.ngl))
+            row.update(llama_bench(self.llama_cpp, artifact.path, self.speed, self.threads, self.ngl))
+            if fmt.name == "gguf-f32":
+                from tinyllm.runtime.llama_cpp_runtime import LlamaCppRuntime
+
+                runtime = LlamaCppRuntime.load(artifact.path, self.device, self.threads, self.llama_cpp.bin_dir)
+                row["ppl_own_tokenizer"] = runtime.perplexity(self.text, self.n_ctx).ppl
+        else:
+            row.update(in_child(measure_row, str(artifact.path), self.device, self.threads, self.chunks, self.speed,
+                                str(self.reference), fmt.name == REFERENCE))
+        return row
+
+    def check_server(self, rows: dict[str, dict]) -> dict | None:
+        """llama-bench's decode figure against one timed llama-server request (gguf-f32 if measured)."""
+        measured = [n for n, r in rows.items() if FORMATS[n].gguf and r.get("decode_tps")]
+        if not measured:
+            return None
+        name = "gguf-f32" if "gguf-f32" in measured else measured[0]
+        prompt = self.tokens[:self.speed.prompt_tokens]
+        try:
+            check = server_check(Path(rows[name]["path"]), self.llama_cpp, prompt, self.speed, self.threads,
+                                 self.ngl, self.n_ctx)
+        except TinyLLMError as e:
+            return {"format": name, "error": str(e)}
+        bench = rows[name]["decode_tps"]["median"]
+        return {"format": name, "llama_bench_decode_tps": bench, **check,
+                "ratio": check["server_decode_tps"] / bench}
+
+
+def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, data: str = "validation",
+              n_ctx: int | None = None, threads: int | None = None, device: str = "cpu",
+              prompt_tokens: int | None = None, decode_tokens: int | None = None, warmup: int = 1,
+              repeats: int = 5, llama_cpp_dir: str | Path | None = None,
+              calib_tokens: int = 16384, log: Callable[[str], None] = print, command: str = "") -> dict:
+    checkpoint, out = check_checkpoint_dir(checkpoint), Path(out)
+    from quantize.checkpoint import quantization_info
+
+    if quantization_info(checkpoint) is not None:
+        raise TinyLLMError(f"{checkpoint}: is a quantized checkpoint; the bench starts from the float32 checkpoint "
+                           "and makes every format from it")
+    threads = threads or usable_cpus()
+    if threads <= 0:
+        raise TinyLLMError(f"--threads {threads}: must be positive")
+    needs_llama = any(f.gguf for f in formats)
+    llama_cpp = find_llama_cpp(llama_cpp_dir) if needs_llama else None
+    config = ModelConfig.load(checkpoint / CONFIG_FILE)
+    prompt_tokens = prompt_tokens or min(128, config.max_seq_len // 2)
+    decode_tokens = decode_tokens or max(1, min(64, config.max_seq_len - prompt_tokens))
+    speed = SpeedSettings(prompt_tokens, decode_tokens, warmup, repeats)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(checkpoint, out, data, n_ctx, threads, device, speed, llama_cpp, calib_tokens, log)
+    # torch-f32 goes first: its logits are the reference file every other row is compared against.
+    order = [FORMATS[REFERENCE]] + [f for f in formats if f.name != REFERENCE]
+    rows: dict[str, dict] = {}
+    with tqdm(order, desc="bench", unit="format", file=sys.stderr, leave=False, disable=None) as bar:
+        for fmt in bar:
+            bar.set_postfix_str(fmt.name)
+            try:
+                rows[fmt.name] = bench.measure(fmt)
+            except TinyLLMError as e:
+                if fmt.name == REFERENCE:
+                    raise TinyLLMError(f"torch-f32, the reference, could not be measured: {e}") from None
+                rows[fmt.name] = {"format": fmt.name, "runtime": fmt.runtime, "source": fmt.what, "error": str(e)}
+            log(f"{fmt.name}: " + (f"error: {rows[fmt.name]['error']}" if "error" in rows[fmt.name]
+                                   else f"PPL {rows[fmt.name]['ppl']:.4f}"))
+    n_params = config.num_params()
+    base = rows[REFERENCE]["ppl"]
+    for row in rows.values():
+        row.setdefault("error", None)
+        row.setdefault("flags", [])
+        if row.get("ppl") is not None:
+            row["delta_ppl_pct"] = 100 * (row["ppl"] / base - 1)
+        if row.get("size_bytes") is not None:
+            row["bits_per_weight"] = 8 * row["size_bytes"] / n_params
+    check_bounds(rows)
+    server = bench.check_server(rows) if needs_llama else None
+    return {
+        "tinyllm_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "machine": machine(),
+        "versions": versions(llama_cpp),
+        "device": device,
+        "threads": threads,
+        "checkpoint": str(checkpoint),
+        "n_params": n_params,
+        "data": {"source": data, "chars": len(bench.text), "tokens": len(bench.tokens), "n_ctx": bench.n_ctx,
+                 "chunks": len(bench.chunks), "scored_tokens": len(bench.chunks) * (bench.n_ctx - 1 - bench.n_ctx // 2)},
+        "speed": {**asdict(speed), "llama_bench_flags": bench_flags(speed, threads, bench.ngl) if needs_llama else None},
+        "bounds": {"parity_pct": PARITY_PCT, "rows": {n: r["bound"]["text"] for n, r in rows.items()}},
+        "rows": list(rows.values()),
+        "parity": parity(rows),
+        "server_check": server,
+    }
