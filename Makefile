@@ -27,7 +27,10 @@ venv: $(VENV)/.installed
 
 test-env: $(VENV)/.installed-test
 
-demo: venv
+# The whole pipeline: train the demo preset, show what it writes, then make every format (int8 /
+# int4 rtn and GPTQ checkpoints, ONNX, GGUF, llama-quantize's Q4_0) and bench them all on the
+# validation text. Artifacts are cached in $(DEMO_OUT)/bench/artifacts by content hash.
+demo: venv llama-cpp
 	$(BIN)/tinyllm doctor
 	$(BIN)/tinyllm train --preset demo --data builtin --out $(DEMO_OUT) --force
 	@echo "== a sample (greedy) =="
@@ -36,7 +39,9 @@ demo: venv
 	$(BIN)/tinyllm generate $(DEMO_OUT) --prompt "One rainy morning" --seed 1 -n 80
 	@echo "== a chat answer =="
 	printf 'Where does Mira live?\n' | $(BIN)/tinyllm chat $(DEMO_OUT) --temperature 0 -n 60
-	@echo "demo done: the checkpoint is in $(DEMO_OUT) (try: $(BIN)/tinyllm chat $(DEMO_OUT))"
+	@echo "== every format, measured =="
+	$(BIN)/tinyllm bench $(DEMO_OUT) --formats all --out $(DEMO_OUT)/bench
+	@echo "demo done: checkpoint in $(DEMO_OUT), report in $(DEMO_OUT)/bench/report.md (try: $(BIN)/tinyllm chat $(DEMO_OUT))"
 
 # llama.cpp's own tools, built once from the llama-cpp-python sdist into ~/.cache/tinyllm (cached:
 # a second run returns at once). The GGUF tests run them, so `make test` builds them first.

@@ -27,7 +27,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def bench(trained_checkpoint, llama_cpp, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run(trained_checkpoint, "--formats", FORMATS_RUN, "--out", out, *FAST)
+    result = run(trained_checkpoint, "--formats", FORMATS_RUN, "--out", out, "--strict", *FAST)
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "results.json").read_text()), result.output
 

@@ -7,7 +7,7 @@
   speed     `llama-bench` (flags in `bench_flags`), once for prefill (-p P -n 0) and once for
             decode after a P-token prompt (-p 0 -n N -d P); llama-bench warms up once by itself;
             the median and min–max of its per-repetition samples
-  memory    the larger peak RSS of the two llama-bench processes (os.wait4's rusage)
+  memory    the larger peak RSS of the two llama-bench processes (VmHWM, polled while they run)
   check     `server_check`: one timed llama-server request, set against llama-bench's decode figure
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
-from tinyllm.bench.measure import SpeedSettings, summarize
+from tinyllm.bench.measure import SpeedSettings, peak_rss_bytes, summarize
 from tinyllm.errors import TinyLLMError
 from tinyllm.llama_cpp import LlamaCpp
 
@@ -34,15 +34,18 @@ _FIGURES = {
 _ATTEMPTS = 3  # see LlamaCppRuntime._run_perplexity: a busy machine can lose the last lines of a run
 
 
-def run_measured(argv: list[str]) -> tuple[int, str, str, int]:
-    """(exit status, stdout, stderr, peak RSS bytes) of one process."""
+def run_measured(argv: list[str]) -> tuple[int, str, str, int | None]:
+    """(exit status, stdout, stderr, peak RSS bytes) of one process; the peak is polled from /proc
+    while it runs (VmHWM only grows), since its rusage would include ours (see peak_rss_bytes)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = None
+        while proc.poll() is None:
+            peak = max(peak or 0, peak_rss_bytes(proc.pid) or 0) or None
+            time.sleep(0.02)
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024
+        return proc.returncode, out.read(), err.read(), peak
 
 
 def _failure(tool: str, code: int, err: str) -> TinyLLMError:
@@ -88,8 +91,8 @@ def llama_bench(llama_cpp: LlamaCpp, gguf: Path, settings: SpeedSettings, thread
         except (json.JSONDecodeError, IndexError, KeyError) as e:
             raise TinyLLMError(f"llama-bench printed no samples_ts for {gguf.name} ({e})") from None
         row[key] = summarize([float(s) for s in samples])
-        peak = max(peak, rss)
-    row["peak_rss_bytes"] = peak
+        peak = max(peak, rss or 0)
+    row["peak_rss_bytes"] = peak or None
     return row
 
 

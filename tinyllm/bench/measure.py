@@ -6,7 +6,7 @@ own and no row inherits another's allocator or thread pools. In that process:
   speed     batch 1: prefill of a P-token prompt from an empty cache; decode of N tokens fed one
             at a time with the cache, greedy, only the forward passes timed (sampling excluded);
             `warmup` untimed runs, then `repeats` timed ones (median, min–max)
-  memory    peak RSS (ru_maxrss) right after the speed runs: load + prefill + decode
+  memory    peak RSS (VmHWM) right after the speed runs: load + prefill + decode
   fidelity  every chunk of the text from an empty cache (llama-perplexity's method): PPL, and KL
             divergence / top-1 agreement against the float32 reference file (`kld.py`). The
             torch-f32 row writes that file from its own logits.
@@ -15,7 +15,6 @@ own and no row inherits another's allocator or thread pools. In that process:
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
 import traceback
 from dataclasses import dataclass
@@ -59,8 +58,19 @@ def time_speed(runtime, prompt: list[int], settings: SpeedSettings) -> tuple[dic
     return summarize(prefill), summarize(decode)
 
 
-def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def peak_rss_bytes(pid: int | str = "self") -> int | None:
+    """The process's peak resident memory (VmHWM), or None where /proc is missing.
+
+    Not getrusage's ru_maxrss: a child started by fork + exec inherits the parent's peak there,
+    so every row would report at least the bench process's own memory."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def measure_row(path: str, device: str, threads: int, chunks: list[list[int]], settings: SpeedSettings,
@@ -69,14 +79,14 @@ def measure_row(path: str, device: str, threads: int, chunks: list[list[int]], s
     from tinyllm.bench.kld import Comparison, Reference, decode, encode
     from tinyllm.runtime import load_runtime
 
-    rss_before = _rss_bytes()
+    rss_before = peak_rss_bytes()
     runtime = load_runtime(path, device=device, threads=threads)
     n_ctx = len(chunks[0])
     first = n_ctx // 2
     prompt = [t for chunk in chunks for t in chunk][:settings.prompt_tokens]
     prefill, decode_tps = time_speed(runtime, prompt, settings)
     row = {"describe": runtime.describe(), "prefill_tps": prefill, "decode_tps": decode_tps,
-           "peak_rss_bytes": _rss_bytes(), "rss_before_load_bytes": rss_before}
+           "peak_rss_bytes": peak_rss_bytes(), "rss_before_load_bytes": rss_before}
     if write_reference:
         n_vocab, stored = None, []
     else:
