@@ -1,4 +1,4 @@
-"""Helpers shared by tools/bench_train.py and tools/bench_decode.py.
+"""Helpers shared by the benchmark scripts under tools/.
 
 Summary statistics over repeated timings, the machine description written next to every figure,
 thread control, a plain-text table and the `--json` dump. Nothing here times anything itself.
@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import click
 import torch
+
+from tinyllm.bench.machine import load_average, machine_info  # noqa: F401 - the scripts import them from here
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -52,50 +51,6 @@ def set_threads(threads: int | None) -> int:
             raise click.BadParameter(f"must be positive, got {threads}", param_hint="--threads")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
-
-
-def _cpu_model() -> str:
-    # platform.processor() is often empty or just "x86_64" on Linux; lscpu names the part.
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name" and value.strip():
-                return value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    load = load_average()
-    return {
-        "cpu_model": _cpu_model(),
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        # The benchmark machines are often shared: a high load average explains a slow figure.
-        "load_average_1_5_15": load,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "mkl": torch.backends.mkl.is_available(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return list(os.getloadavg())
-    except (OSError, AttributeError):
-        return None
 
 
 def machine_line(info: dict) -> str:

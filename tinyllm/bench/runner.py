@@ -10,7 +10,6 @@ each requested format, and returns the results dict that `report.py` renders (sc
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import sys
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from tinyllm import __version__
 from tinyllm.bench.artifacts import Artifacts
 from tinyllm.bench.formats import FORMATS, PARITY_PCT, REFERENCE, Format, check_bounds, parity
 from tinyllm.bench.llama_rows import bench_flags, kl_divergence, llama_bench, server_check
+from tinyllm.bench.machine import machine_info, usable_cpus
 from tinyllm.bench.measure import SpeedSettings, in_child, measure_row
 from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir
 from tinyllm.config import ModelConfig
@@ -33,13 +33,6 @@ from tinyllm.perplexity import chunks as split_chunks
 from tinyllm.tokenizer import Tokenizer
 
 REFERENCE_FILE = "reference-torch-f32.kld"
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def evaluation_text(config: ModelConfig, data: str) -> str:
@@ -73,18 +66,6 @@ def versions(llama_cpp: LlamaCpp | None) -> dict:
     found["llama.cpp"] = llama_cpp.version() if llama_cpp else None
     found["python"] = platform.python_version()
     return found
-
-
-def machine() -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-    try:
-        from bench_common import machine_info  # the same machine record as the tools/ benchmarks
-        return machine_info()
-    except ImportError:  # an installed package without the checkout's tools/
-        return {"cpu_model": platform.processor() or platform.machine(), "cpus_usable": usable_cpus(),
-                "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    finally:
-        sys.path.pop(0)
 
 
 class Bench:
@@ -193,7 +174,7 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
         "tinyllm_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
-        "machine": machine(),
+        "machine": machine_info(),
         "versions": versions(llama_cpp),
         "device": device,
         "threads": threads,
