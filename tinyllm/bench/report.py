@@ -218,8 +218,9 @@ def markdown_report(results: dict, plots: dict[str, str]) -> str:
             "error means the format could not be measured.", ""]
     described = [r for r in results.get("rows", []) if r.get("source") or r.get("describe")]
     if described:
-        out += ["Formats:", ""]
-        out += [f"- `{r.get('format', '?')}`: " + "; ".join(x for x in (r.get("source"), r.get("describe")) if x)
+        out += ["Formats (what each is; what runs it; the bound it is held to):", ""]
+        out += [f"- `{r.get('format', '?')}`: " + "; ".join(
+                    x for x in (r.get("source"), r.get("describe"), (r.get("bound") or {}).get("text")) if x)
                 for r in described]
         out.append("")
 
