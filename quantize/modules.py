@@ -4,6 +4,10 @@
 Every path computes exactly what dequantize-then-float32-matmul computes, up to float rounding;
 activations stay float32. The candidates for a layer's batch-1 (decode) matmul:
 
+  native    quantize/kernels.c (built on first use by quantize/native.py): sums the codes in place
+            against the activations, one scale per group. Fits everything; absent without a C
+            compiler. Calls of up to NATIVE_ROWS rows run it too; longer ones have it write the
+            float32 weight for one BLAS matmul.
   int4pack  torch.ops.aten._weight_int4pack_mm_for_cpu on _convert_weight_to_int4pack_for_cpu
             codes; it computes (c - 8) * d + z per group, so q4_0 is z = 0 and q4_1 is z = m + 8d.
             Needs N % 16 == 0 (the lm_head of an odd vocabulary does not fit).
@@ -15,7 +19,7 @@ quantizing the activations, which changes the numbers; the bfloat16 variants of 
 above round the activations to 8 mantissa bits. Which candidate is fastest depends on the
 machine and the PyTorch build (x86 builds of torch 2.13 vectorize the int4 kernel for bfloat16
 activations only), so `choose_path` times them once per shape and keeps the winner. Multi-token
-calls (prefill, perplexity chunks) are compute-bound and always take the dequant path to BLAS.
+calls past NATIVE_ROWS (prefill, perplexity chunks) are compute-bound and go to BLAS.
 """
 
 from __future__ import annotations
@@ -27,16 +31,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from quantize import native
 from quantize.rtn import store
-from quantize.schemes import QuantizedWeight, Scheme, make_scheme
+from quantize.schemes import QuantizedWeight, Scheme, make_scheme, unpack_int4
 from tinyllm.config import ModelConfig
 from tinyllm.model import KVCache, Transformer
 
-PATHS = ("int4pack", "dequant")
+PATHS = ("native", "int4pack", "dequant")
+# Up to this many rows per call the native kernel beats dequantize-then-BLAS (measured on a Zen 4
+# with d_model 256: it re-reads the codes per row; BLAS amortizes one dequantized copy).
+NATIVE_ROWS = 4
 
 
 def fits(path: str, scheme: Scheme, n: int) -> bool:
-    """Whether `path` can run a weight of this scheme with `n` output rows."""
+    """Whether `path` can run a weight of this scheme with `n` output rows (on this machine)."""
+    if path == "native":
+        return native.load() is not None
     return path == "dequant" or (scheme.bits == 4 and n % 16 == 0)
 
 
@@ -48,13 +58,16 @@ class QuantLinear(nn.Module):
         self.scheme = qw.scheme
         self.out_features, self.in_features = qw.shape
         n, k, g = self.out_features, self.in_features, qw.scheme.group_size
-        # The unpacked codes, scales and minimums: the dequant path's operands, and the embedding's.
-        self.register_buffer("centred", qw.centred().view(n, k // g, g))
-        self.register_buffer("scales", qw.scales.float().unsqueeze(-1))
-        self.register_buffer("mins", qw.mins.float().unsqueeze(-1) if qw.mins is not None else None)
         self.path = choose_path(qw.scheme, n, k) if path == "auto" else path
         if not fits(self.path, qw.scheme, n):
             raise ValueError(f"kernel path {self.path!r} cannot run {qw.scheme.name} with {n} rows")
+        # The codes as stored (what the native kernel and embedding lookups read), float32 scales
+        # [N, K/group, 1] and minimums; the torch paths also keep the codes unpacked and centred.
+        self.register_buffer("codes", qw.codes.contiguous())
+        self.register_buffer("scales", qw.scales.float().unsqueeze(-1))
+        self.register_buffer("mins", qw.mins.float().unsqueeze(-1) if qw.mins is not None else None)
+        self.register_buffer("centred", qw.centred().view(n, k // g, g) if self.path != "native" else None)
+        self._matrix = None  # the native kernel's descriptor of the buffers above, made on first use
         if self.path == "int4pack":
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 qw.unpacked().to(torch.int32), 1))
@@ -62,13 +75,58 @@ class QuantLinear(nn.Module):
             # [K/group, N, 2]: the kernel's layout of (scale, zero) pairs.
             self.register_buffer("scale_zeros", torch.cat([self.scales, zeros], -1).transpose(0, 1).contiguous())
 
+    def _native(self) -> native.Matrix | None:
+        """The descriptor the native kernel runs on, or None where the buffers no longer suit it
+        (moved off the CPU or cast by `.to()`). Made once: the call path stays a single C call."""
+        if self._matrix is None:
+            try:
+                self._matrix = native.load().matrix(self.scheme.ggml_type, self.codes, self.scales, self.mins,
+                                                    self.out_features, self.in_features, self.scheme.group_size)
+            except ValueError:
+                self._matrix = False
+        return self._matrix or None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._matrix = None  # .to() / .half() may have replaced the buffers the descriptor points at
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_matrix": None}  # ctypes pointers neither pickle nor deep-copy
+
+    def rows(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows `idx` of W in float32 [..., K] (all of W without `idx`), unpacking only those rows."""
+        codes = self.codes if idx is None else self.codes[idx]
+        lead = codes.shape[:-1]
+        if self.scheme.bits == 4:
+            codes = unpack_int4(codes.reshape(-1, self.in_features // 2)) - (0 if self.scheme.asym else 8)
+        g = self.scheme.group_size
+        w = codes.reshape(*lead, self.in_features // g, g).float() * \
+            (self.scales if idx is None else self.scales[idx])
+        if self.mins is not None:
+            w = w + (self.mins if idx is None else self.mins[idx])
+        return w.reshape(*lead, self.in_features)
+
     def dequantized(self) -> torch.Tensor:
+        matrix = self._native() if self.path == "native" else None
+        if matrix is not None:
+            w = self.scales.new_empty((self.out_features, self.in_features))
+            native.check(native.load().lib.tl_dequantize(matrix, w.data_ptr(), torch.get_num_threads()))
+            return w
+        if self.centred is None:
+            return self.rows()
         w = self.centred.float() * self.scales
         if self.mins is not None:
             w = w + self.mins
         return w.view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Decode calls this ~30 times a token: the native branch keeps to the cheapest torch calls.
+        if self.path == "native" and x.is_cpu and x.dtype == torch.float32 and x.is_contiguous() \
+                and x.numel() <= NATIVE_ROWS * self.in_features and (matrix := self._native()) is not None:
+            y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
+            native.check(native.load().lib.tl_matmul(matrix, x.data_ptr(), y.data_ptr(),
+                                                     x.numel() // self.in_features, torch.get_num_threads()))
+            return y
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.path == "int4pack" and x2.shape[0] == 1:
@@ -90,11 +148,7 @@ class QuantEmbedding(nn.Module):
         self.table = linear  # shares the tied head's codes rather than holding a copy
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        t = self.table
-        rows = t.centred[idx].float() * t.scales[idx]
-        if t.mins is not None:
-            rows = rows + t.mins[idx]
-        return rows.flatten(-2)
+        return self.table.rows(idx)
 
 
 def _time_path(path: str, scheme: Scheme, n: int, k: int, repeats: int = 20) -> float:
@@ -153,7 +207,7 @@ class QuantizedTransformer(Transformer):
             if config.tie_embeddings:
                 self.lm_head = table
         missing, unexpected = self.load_state_dict(floats, strict=False)
-        buffers = ("centred", "scales", "mins", "packed", "scale_zeros")
+        buffers = ("codes", "centred", "scales", "mins", "packed", "scale_zeros")
         tied_head = ["lm_head.weight"] if config.tie_embeddings else []
         left = [m for m in missing if not m.endswith(buffers) and m not in tied_head]
         if left or unexpected:
@@ -179,8 +233,9 @@ class QuantizedTransformer(Transformer):
 
 
 def kernel_report(n: int = 256, k: int = 256) -> list[str]:
-    """One line per scheme: the path `choose_path` picks on this machine and the candidates (doctor)."""
-    lines = []
+    """Whether the native kernel was built (where, or why not), then one line per scheme: the path
+    `choose_path` picks on this machine and the candidates (doctor)."""
+    lines = [native.report()]
     for name, asym in (("int8", False), ("int4", False), ("int4", True)):
         scheme = make_scheme(name, asym)
         candidates = [p for p in PATHS if fits(p, scheme, n)]

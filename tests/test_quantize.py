@@ -3,7 +3,11 @@ RTN error bounds, the kernels' exactness, quantized checkpoints end to end, and 
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +15,10 @@ import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType, quants
 
+from conftest import in_ci
+from quantize import native
 from quantize.checkpoint import load_quantized
-from quantize.modules import PATHS, QuantLinear, fits
+from quantize.modules import NATIVE_ROWS, PATHS, QuantLinear, fits
 from quantize.rtn import quantize_rtn
 from quantize.schemes import ggml_blocks, make_scheme, matmul_nbits, pack_int4, unpack_int4
 from tinyllm.checkpoint import load_checkpoint
@@ -94,20 +100,59 @@ def test_int4_maps_onto_onnxruntime_matmul_nbits():
     np.testing.assert_allclose(y, expected, rtol=2e-2, atol=2e-2)  # float16 activations and output
 
 
+def need_kernel(path: str) -> None:
+    """The native path needs a C compiler: skip locally without one, fail in CI (which has one)."""
+    if path == "native" and native.load() is None:
+        problem = f"{native.report()}; install a C compiler (e.g. apt-get install gcc) or set $CC"
+        (pytest.fail if in_ci() else pytest.skip)(problem)
+
+
 # Every kernel path paired with every scheme it can run (int4pack runs the 4-bit schemes only).
 RUNNABLE = [(name, asym, path) for name, asym in SCHEMES for path in PATHS
-            if fits(path, make_scheme(name, asym), weights().shape[0])]
+            if not (path == "int4pack" and name == "int8")]
 
 
 @pytest.mark.parametrize("name,asym,path", RUNNABLE)
-@pytest.mark.parametrize("rows", [1, 5])
-def test_every_kernel_path_equals_dequantize_then_matmul(name, asym, path, rows):
-    qw = quantize_rtn(weights(), make_scheme(name, asym))
-    assert fits(path, qw.scheme, qw.shape[0])
-    layer = QuantLinear(qw, path)
-    x = torch.randn(rows, qw.shape[1], generator=torch.Generator().manual_seed(2))
-    expected = x @ qw.dequantize().T
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_every_kernel_path_equals_dequantize_then_matmul(name, asym, path, group_size):
+    """Every path on every scheme and group size, for 48 rows and for an odd 387 (a head over an
+    odd vocabulary; not int4pack's), one activation row (decode), a few, and more than the native
+    kernel takes (BLAS on the weight it writes)."""
+    need_kernel(path)
+    scheme = make_scheme(name, asym, group_size)
+    generator = torch.Generator().manual_seed(2)
+    for n in (48, 387) if path != "int4pack" else (48,):
+        qw = quantize_rtn(weights(n=n, k=256), scheme)
+        layer = QuantLinear(qw, path)
+        reference = qw.dequantize()
+        torch.testing.assert_close(layer.dequantized(), reference, rtol=1e-6, atol=1e-7)
+        idx = torch.tensor([[0, n - 1], [5, 5]])  # embedding lookups: the same numbers exactly
+        assert torch.equal(layer.rows(idx), reference[idx])
+        for rows in (1, 3, NATIVE_ROWS + 5):
+            x = torch.randn(rows, 256, generator=generator)
+            torch.testing.assert_close(layer(x), x @ reference.T, rtol=1e-5, atol=1e-5)
+
+
+# The kernel's other builds, beside the one -march=native picks here: flags that select each.
+VARIANTS = {"portable C": ("-O3", "-fPIC"), "avx2+fma": ("-O3", "-march=native", "-mno-avx512f", "-fPIC")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", VARIANTS)
+def test_every_build_of_the_native_kernel_computes_the_same(isa, monkeypatch):
+    need_kernel("native")
+    kernel, why = native.build(VARIANTS[isa])
+    if kernel is None or kernel.isa != isa:
+        pytest.skip(f"this machine does not build the {isa} variant ({why or kernel.isa})")
+    monkeypatch.setattr(native, "load", lambda: kernel)
+    generator = torch.Generator().manual_seed(3)
+    for (name, asym), group_size in itertools.product(SCHEMES, (32, 128)):
+        qw = quantize_rtn(weights(n=387, k=256), make_scheme(name, asym, group_size))
+        layer, reference = QuantLinear(qw, "native"), qw.dequantize()
+        torch.testing.assert_close(layer.dequantized(), reference, rtol=1e-6, atol=1e-7)
+        for rows in (1, 3):
+            x = torch.randn(rows, 256, generator=generator)
+            torch.testing.assert_close(layer(x), x @ reference.T, rtol=1e-5, atol=1e-5)
 
 
 def test_int4pack_refuses_rows_it_cannot_run():
@@ -115,7 +160,36 @@ def test_int4pack_refuses_rows_it_cannot_run():
     assert not fits("int4pack", qw.scheme, 40)
     with pytest.raises(ValueError, match="int4pack"):
         QuantLinear(qw, "int4pack")
-    assert QuantLinear(qw).path == "dequant"
+    assert QuantLinear(qw).path != "int4pack"
+
+
+def test_without_the_native_kernel_the_torch_paths_run(monkeypatch):
+    qw = quantize_rtn(weights(), make_scheme("int4", asym=True))
+    monkeypatch.setattr(native, "load", lambda: None)
+    assert not fits("native", qw.scheme, 48)
+    with pytest.raises(ValueError, match="native"):
+        QuantLinear(qw, "native")
+    layer = QuantLinear(qw)
+    assert layer.path in ("int4pack", "dequant")
+    x = torch.randn(1, qw.shape[1])
+    torch.testing.assert_close(layer(x), x @ qw.dequantize().T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_no_compiler_means_no_native_kernel_and_says_why(tmp_path):
+    """With $CC naming no compiler, a fresh process (empty kernel cache) builds nothing, reports
+    why and still runs every scheme."""
+    script = ("from quantize.modules import kernel_report\n"
+              "from quantize.native import status\n"
+              "assert status()[0] is None\n"
+              "print('\\n'.join(kernel_report(64, 64)))\n")
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("native kernel: not available: no C compiler") and "no-such-cc" in lines[0]
+    assert len(lines) == 4 and not any(": native (" in line for line in lines[1:])
+    assert not (tmp_path / "cache").exists()
 
 
 def quantize_cli(*args: str):
@@ -146,6 +220,7 @@ def test_quantized_checkpoint_records_its_quantization(trained_checkpoint, int4_
 def test_quantized_forward_equals_dequantized_float_forward(trained_checkpoint, int4_checkpoint, path):
     """The quantized model's logits equal those of the float32 model carrying the dequantized
     weights, on every kernel path, for a prompt and for cached single-token steps."""
+    need_kernel(path)
     model, _, _ = load_quantized(int4_checkpoint, kernel=path)
     assert any(key.endswith(path) for key in model.kernel_paths())
     reference, _ = load_checkpoint(trained_checkpoint)

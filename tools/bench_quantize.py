@@ -9,11 +9,14 @@ library function, then measures every variant the same way:
   PPL         validation perplexity by llama-perplexity's method (tinyllm.evaluate), n_ctx = the
               model's context; ΔPPL relative to float32
   decode      batch-1 tokens/s: a 16-token prompt prefilled, then N tokens fed one at a time with
-              the KV cache (argmax, sampling excluded), after a warm-up; median (min–max) of repeats
+              the KV cache (argmax, sampling excluded); `--warmup` untimed rounds, then the
+              median (min–max) of `--repeats`. Each round times every variant back to back, so a
+              busy neighbour on a shared machine slows them alike.
 
 With llama.cpp's tools installed (`tools/install_llama_cpp.py`) and the GGUF exporter present, it
 adds llama.cpp's own reference: the float32 GGUF and `llama-quantize … Q4_0` of it, perplexity by
-`llama-perplexity` on the same text, so calibrated int4's ΔPPL can be set against Q4_0's.
+`llama-perplexity` on the same text (so calibrated int4's ΔPPL can be set against Q4_0's) and
+decode speed by `llama-bench` (-p 0 -n N -d 16, same threads).
 
     .venv/bin/python tools/bench_quantize.py --checkpoint runs/demo --threads 2 --json runs/bench_quantize.json
 """
@@ -28,10 +31,13 @@ from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script from a checkout, installed or not: the sibling helper and the tinyllm package
+# next to tools/ must import however it is launched.
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]
 
-from tools.bench_common import (busy_note, common_options, load_average, machine_info, machine_line,  # noqa: E402
-                                rates, set_threads, spread, table, write_json)
+from bench_common import (CpuShare, common_options, machine_info, machine_line, rates,  # noqa: E402
+                          set_threads, share_lines, spread, table, write_json)
 from quantize.quantizer import quantize_checkpoint  # noqa: E402
 from tinyllm.checkpoint import WEIGHTS_FILE  # noqa: E402
 from tinyllm.dataset import DataSpec, load_splits  # noqa: E402
@@ -53,55 +59,68 @@ def decode_seconds(runtime: Runtime, n_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(path: Path, text: str, n_tokens: int, warmup: int, repeats: int) -> dict:
-    runtime = load_runtime(path)
-    n_ctx = runtime.n_ctx
-    ppl = runtime.perplexity(text, n_ctx).ppl
-    for _ in range(warmup):
-        decode_seconds(runtime, n_tokens)
-    seconds = [decode_seconds(runtime, n_tokens) for _ in range(repeats)]
-    return {"ppl": ppl, "decode": rates(n_tokens, seconds), "describe": runtime.describe(),
-            "size": (path / WEIGHTS_FILE).stat().st_size}
+def measure(rows: list[dict], text: str, n_ctx: int, n_tokens: int, warmup: int, repeats: int) -> None:
+    """Fill in each row's PPL, decode speed and kernel description (rows name their `path`)."""
+    runtimes = [load_runtime(row["path"]) for row in rows]
+    for row, runtime in zip(rows, runtimes):
+        click.echo(f"  {row['name']}: perplexity", err=True)
+        row.update(ppl=runtime.perplexity(text, n_ctx).ppl, describe=runtime.describe(),
+                   size=(Path(row["path"]) / WEIGHTS_FILE).stat().st_size)
+    seconds = [[] for _ in rows]
+    for r in range(warmup + repeats):
+        for times, runtime in zip(seconds, runtimes):
+            elapsed = decode_seconds(runtime, n_tokens)
+            if r >= warmup:
+                times.append(elapsed)
+    for row, times in zip(rows, seconds):
+        row["decode"] = rates(n_tokens, times)
 
 
-def llama_cpp_reference(checkpoint: Path, work: Path, text: str, n_ctx: int) -> list[dict]:
-    """The float32 GGUF and llama-quantize's Q4_0 of it, scored by llama-perplexity; [] without the tools."""
+def llama_cpp_reference(checkpoint: Path, work: Path, text: str, n_ctx: int, n_tokens: int, repeats: int,
+                        threads: int) -> list[dict]:
+    """The float32 GGUF and llama-quantize's Q4_0 of it: PPL by llama-perplexity, decode by
+    llama-bench; [] without the tools."""
     try:
         from export.gguf import export_gguf
+        from tinyllm.bench.llama_rows import llama_bench
+        from tinyllm.bench.measure import SpeedSettings
         from tinyllm.llama_cpp import locate
     except ImportError:
         return []
     found = locate()
-    if found is None or found.find("llama-quantize") is None or found.find("llama-perplexity") is None:
+    if found is None or any(found.find(t) is None for t in ("llama-quantize", "llama-perplexity", "llama-bench")):
         return []
     f32, q4 = work / "f32.gguf", work / "q4_0.gguf"
     export_gguf(checkpoint, f32, "f32", log=lambda _: None, progress=False)
     start = time.perf_counter()
     subprocess.run([str(found.tool("llama-quantize")), str(f32), str(q4), "Q4_0"], check=True, capture_output=True)
     seconds = time.perf_counter() - start
+    speed = SpeedSettings(prompt_tokens=PROMPT, decode_tokens=n_tokens, warmup=1, repeats=repeats)
     rows = []
     for name, path, quant_time in (("llama.cpp f32", f32, None), ("llama.cpp Q4_0 (llama-quantize)", q4, seconds)):
-        runtime = load_runtime(path)
+        click.echo(f"  {name}: perplexity, llama-bench", err=True)
         rows.append({"name": name, "size": path.stat().st_size, "quant_seconds": quant_time,
-                     "ppl": runtime.perplexity(text, n_ctx).ppl})
+                     "ppl": load_runtime(path).perplexity(text, n_ctx).ppl,
+                     "decode": llama_bench(found, path, speed, threads, 0)["decode_tps"]})
     return rows
 
 
 def bench_checkpoint(checkpoint: Path, work: Path, n_tokens: int, warmup: int, repeats: int,
-                     calib_tokens: int) -> dict:
+                     calib_tokens: int, threads: int) -> dict:
     float_run = load_runtime(checkpoint)
     _, val_docs = load_splits(DataSpec.from_dict(float_run.metadata["data"]))
     text = plain_text(val_docs)
-    rows = [{"name": "float32", "quant_seconds": None, **measure(checkpoint, text, n_tokens, warmup, repeats)}]
+    rows = [{"name": "float32", "path": str(checkpoint), "quant_seconds": None}]
     for name, scheme, asym, method in VARIANTS:
         out = work / name
         click.echo(f"  {name}: quantizing", err=True)
         report = quantize_checkpoint(checkpoint, out, scheme, asym, method=method, calib_tokens=calib_tokens,
                                      force=True)
-        rows.append({"name": name, "quant_seconds": report["seconds"],
-                     **measure(out, text, n_tokens, warmup, repeats)})
-    reference = llama_cpp_reference(checkpoint, work, text, float_run.n_ctx)
-    return {"checkpoint": str(checkpoint), "n_ctx": float_run.n_ctx, "rows": rows, "llama_cpp": reference}
+        rows.append({"name": name, "path": str(out), "quant_seconds": report["seconds"]})
+    measure(rows, text, float_run.n_ctx, n_tokens, warmup, repeats)
+    reference = llama_cpp_reference(checkpoint, work, text, float_run.n_ctx, n_tokens, repeats, threads)
+    return {"checkpoint": str(checkpoint), "n_ctx": float_run.n_ctx, "params": float_run.model.config.num_params(),
+            "rows": rows, "llama_cpp": reference}
 
 
 def render(result: dict, threads: int) -> str:
@@ -118,9 +137,11 @@ def render(result: dict, threads: int) -> str:
             lines.append([row["name"], f"{row['size'] / 2**20:.2f}",
                           "—" if row["quant_seconds"] is None else f"{row['quant_seconds']:.1f}",
                           f"{row['ppl']:.4f}", "—" if row is result["llama_cpp"][0] else
-                          f"{100 * (row['ppl'] / ref - 1):+.2f}% (vs llama.cpp f32)", "(not timed here)"])
+                          f"{100 * (row['ppl'] / ref - 1):+.2f}% (vs llama.cpp f32)",
+                          spread(row["decode"], "{:,.0f}") + " (llama-bench)"])
     headers = ["variant", "MiB", "quant s", "val PPL", "ΔPPL", f"decode tok/s ({threads} thr)"]
-    return f"{result['checkpoint']} (n_ctx {result['n_ctx']})\n" + table(headers, lines)
+    return (f"{result['checkpoint']} ({result['params'] / 1e6:.1f}M params, n_ctx {result['n_ctx']})\n"
+            + table(headers, lines))
 
 
 @click.command()
@@ -136,23 +157,26 @@ def main(checkpoints, n_tokens, calib_tokens, work, warmup, repeats, threads, js
     """Quantized variants of each CHECKPOINT against float32 (see the module docstring)."""
     threads = set_threads(threads)
     info = machine_info()
+    share = CpuShare()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_quantize.") as tmp:
         for checkpoint in checkpoints:
             click.echo(f"benchmarking {checkpoint}", err=True)
             target = (work or Path(tmp)) / checkpoint.name
             target.mkdir(parents=True, exist_ok=True)
-            results.append(bench_checkpoint(checkpoint, target, n_tokens, warmup, repeats, calib_tokens))
-    load_end = load_average()
-    click.echo(machine_line(info, load_end))
+            results.append(bench_checkpoint(checkpoint, target, n_tokens, warmup, repeats, calib_tokens, threads))
+    share = share.stop()
+    click.echo(f"machine: {machine_line(info)}")
+    for line in share_lines(share, info["cpus_usable"]):
+        click.echo(line)
+    click.echo(f"run:     batch 1, greedy argmax, float32 activations; prompt {PROMPT} tokens, {n_tokens} decode "
+               f"steps; {warmup} warm-up, median (min–max) of {repeats}; variants alternate")
     for result in results:
+        click.echo("")
         click.echo(render(result, threads))
         click.echo("kernels: " + "; ".join(f"{r['name']}: {r['describe']}" for r in result["rows"]))
-    note = busy_note(info, load_end, threads)
-    if note:
-        click.echo(note)
-    write_json(json_path, {"machine": info, "threads": threads, "decode_tokens": n_tokens, "repeats": repeats,
-                           "results": results})
+    write_json(json_path, {"benchmark": "quantize", "machine": info, "cpu_share": share, "threads": threads,
+                           "decode_tokens": n_tokens, "warmup": warmup, "repeats": repeats, "results": results})
 
 
 if __name__ == "__main__":

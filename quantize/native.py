@@ -1,0 +1,184 @@
+"""The native kernel for quantized matmuls: `kernels.c`, compiled on first use and called through ctypes.
+
+Why it exists: PyTorch has no exact float32-activation kernel for GGML's per-32-value blocks
+(`_weight_int8pack_mm` takes one scale per row; the x86 int4 kernel is vectorized for bfloat16
+activations only), so without it a quantized model dequantizes every weight on every call and
+decodes slower than float32. `kernels.c` reads the codes in place and sums them against the
+float32 activations, exactly (see its header).
+
+How it is built: with the system C compiler ($CC, else cc, else gcc) at -O3 -march=native, since
+it runs on the machine that builds it, into a per-user cache
+($XDG_CACHE_HOME or ~/.cache)/tinyllm/kernels/<hash>/ whose hash covers the source, the compiler,
+the flags and the CPU, so that a home directory shared between machines never reuses another
+CPU's build. The library is written to a temporary name and renamed into place: processes
+building at once each get a whole file. It is threaded with OpenMP only when torch itself runs on
+libgomp, and then linked against the very libgomp torch loaded, so that both share one thread pool
+instead of two pools of spinning threads fighting over the cores. No compiler, or a failed build,
+is not an error: `load()` returns None, `status()` says why, and the modules use torch's paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fPIC")
+FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2}  # the enum in kernels.c
+
+
+class Matrix(ctypes.Structure):
+    """`struct tl_matrix` of kernels.c: one quantized matrix's shape and operand pointers."""
+
+    _fields_ = [("fmt", ctypes.c_int32), ("group", ctypes.c_int32), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("codes", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("mins", ctypes.c_void_p)]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The loaded library and where it came from."""
+
+    lib: ctypes.CDLL
+    path: Path
+    isa: str
+    single_threaded: str  # why it was built without OpenMP, or "" when it shares torch's libgomp
+
+    def matrix(self, fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
+               n: int, k: int, group: int) -> Matrix:
+        """The descriptor for one matrix; the caller keeps the tensors alive (and in place) while
+        using it. ValueError where they are not what kernels.c reads."""
+        for t in (codes, scales) + ((mins,) if mins is not None else ()):
+            if not t.is_cpu or not t.is_contiguous() or \
+                    (t.element_size() != 1 if t is codes else t.dtype != torch.float32):
+                raise ValueError("the native kernel reads contiguous CPU byte codes and float32 scales/minimums")
+        return Matrix(FORMATS[fmt], group, n, k, codes.data_ptr(), scales.data_ptr(),
+                      mins.data_ptr() if mins is not None else None)
+
+    def describe(self) -> str:
+        threads = f"single-threaded: {self.single_threaded}" if self.single_threaded else "OpenMP on torch's libgomp"
+        return f"built ({self.isa}, {threads}) at {self.path}"
+
+
+def _compiler() -> tuple[list[str] | None, str]:
+    """The compiler command (its program resolved to a path), or None and why not."""
+    words = shlex.split(os.environ.get("CC", "")) or ["cc" if shutil.which("cc") else "gcc"]
+    found = shutil.which(words[0])
+    if found is None:
+        named = f"$CC={os.environ['CC']!r}" if os.environ.get("CC") else "cc or gcc"
+        return None, f"no C compiler ({named} not found)"
+    return [found, *words[1:]], ""
+
+
+def _torch_libgomp() -> Path | None:
+    """The libgomp torch has loaded into this process (Linux), if any."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libgomp" in path and ".so" in path:
+                    return Path(path)
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_id() -> str:
+    # -march=native compiles for this CPU: its model and feature flags go into the cache key.
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tinyllm" / "kernels"
+
+
+def _compile(cc: list[str], flags: tuple[str, ...], gomp: Path | None) -> tuple[Path | None, str]:
+    """The library for this source/compiler/flags/CPU, compiled unless the cache holds it; or None and why."""
+    stat = os.stat(cc[0])  # a compiler upgraded in place changes size or mtime
+    parts = (SOURCE.read_bytes(), cc, stat.st_size, stat.st_mtime_ns, flags, gomp, platform.machine(), _cpu_id())
+    key = hashlib.sha256(b"\0".join(str(part).encode() for part in parts)).hexdigest()[:16]
+    target = cache_root() / key / "kernels.so"
+    if target.is_file():
+        return target, ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            obj, lib = Path(tmp) / "kernels.o", Path(tmp) / "kernels.so"
+            # Two steps so that -fopenmp does not also link the system libgomp (a second OpenMP
+            # runtime with its own threads): the link names the file torch loaded instead.
+            omp = ["-fopenmp"] if gomp else []
+            # -z defs: a compiler whose -fopenmp targets another runtime (clang's libomp) fails
+            # here rather than when the library loads.
+            link = [str(gomp), f"-Wl,-rpath,{gomp.parent}", "-Wl,-z,defs"] if gomp else []
+            compile_ = [*cc, *flags, *omp, "-c", str(SOURCE), "-o", str(obj)]
+            for cmd in (compile_, [*cc, "-shared", str(obj), *link, "-o", str(lib)]):
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                if done.returncode != 0:
+                    lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit {done.returncode}"]
+                    detail = next((ln for ln in lines if "error" in ln), lines[0])
+                    return None, f"`{' '.join(cmd)}` failed: {detail.strip()}"
+            os.replace(lib, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"could not build in {target.parent}: {e}"
+    return target, ""
+
+
+def build(flags: tuple[str, ...] = FLAGS) -> tuple[Kernel | None, str]:
+    """Compile (unless cached) and load the kernel with these flags: (kernel, "") or (None, why not)."""
+    cc, why = _compiler()
+    if cc is None:
+        return None, why
+    gomp = _torch_libgomp()
+    path, why = _compile(cc, flags, gomp)
+    single_threaded = "" if gomp else "torch runs on no libgomp to share"
+    if path is None and gomp:
+        path, single_threaded = _compile(cc, flags, None)[0], f"the OpenMP build failed: {why}"
+    if path is None:
+        return None, why
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"{path} does not load: {e}"
+    lib.tl_isa.restype = ctypes.c_char_p
+    ptr = ctypes.POINTER(Matrix)
+    lib.tl_matmul.argtypes = [ptr, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    lib.tl_dequantize.argtypes = [ptr, ctypes.c_void_p, ctypes.c_int]
+    return Kernel(lib, path, lib.tl_isa().decode(), single_threaded), ""
+
+
+@lru_cache(maxsize=None)
+def status() -> tuple[Kernel | None, str]:
+    """`build()` once per process: the kernel the modules use, or None and why not."""
+    return build()
+
+
+def load() -> Kernel | None:
+    return status()[0]
+
+
+def check(code: int) -> None:
+    """Raise for a non-zero return code of tl_matmul / tl_dequantize."""
+    if code:
+        raise MemoryError("native kernel: out of memory") if code == -2 else \
+            RuntimeError(f"native kernel: bad matrix descriptor (code {code})")
+
+
+def report() -> str:
+    """One line for `tinyllm doctor`."""
+    kernel, why = status()
+    return f"native kernel: {kernel.describe()}" if kernel else f"native kernel: not available: {why}"
