@@ -46,7 +46,10 @@ def main(checkpoint, formats_spec, data, n_ctx, threads, out, device, prompt_tok
     top-1 agreement against torch-f32; prefill and decode tokens/s at batch 1; peak memory. Writes
     OUT/results.json, OUT/report.md and plots, and flags any row that breaks its format's bound.
 
-    Example: tinyllm-bench runs/demo --formats torch-f32,torch-int4-gptq,gguf-q4_0,gguf-q4_0-llama-quantize
+    \b
+    Examples:
+      tinyllm-bench runs/demo
+      tinyllm-bench runs/demo --formats torch-int4-gptq,gguf-q4_0,gguf-q4_0-llama-quantize
     """
     from tinyllm.bench.report import terminal_table, write_outputs
     from tinyllm.bench.runner import run_bench
