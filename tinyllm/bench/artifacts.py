@@ -85,7 +85,7 @@ class Artifacts:
         if fmt.name in self._made:
             return self._made[fmt.name]
         if fmt.make == "checkpoint":
-            artifact = Artifact(fmt, self.checkpoint, None, True)
+            artifact = Artifact(fmt, self.checkpoint, None, False)  # nothing to make
         else:
             artifact = self._cached(fmt) or self._build(fmt)
         self._made[fmt.name] = artifact
