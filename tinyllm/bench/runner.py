@@ -100,7 +100,10 @@ class Bench:
                 from tinyllm.runtime.llama_cpp_runtime import LlamaCppRuntime
 
                 runtime = LlamaCppRuntime.load(artifact.path, self.device, self.threads, self.llama_cpp.bin_dir)
-                row["ppl_own_tokenizer"] = runtime.perplexity(self.text, self.n_ctx).ppl
+                try:
+                    row["ppl_own_tokenizer"] = runtime.perplexity(self.text, self.n_ctx).ppl
+                except TinyLLMError as e:  # e.g. a text of one chunk: the KL figures above still stand
+                    row["notes"] = [f"llama-perplexity -f (llama.cpp tokenizing) not run: {e}"]
         else:
             row.update(in_child(measure_row, str(artifact.path), self.device, self.threads, self.chunks, self.speed,
                                 str(self.reference), fmt.name == REFERENCE))
