@@ -67,7 +67,6 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     info = quantization_info(path)
     if info is None:
         raise TinyLLMError(f"{path}: not a quantized checkpoint (config.json has no {QUANT_KEY})")
-    where = str(path / CONFIG_FILE)
     config = ModelConfig.load(path / CONFIG_FILE)
     tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
     tensors = read_tensors(path / WEIGHTS_FILE)

@@ -141,7 +141,7 @@ def main(checkpoint, prompt_tokens, new_tokens, seed, warmup, repeats, threads, 
                      f"{speedup:.1f}×"])
     click.echo(table(headers, rows))
     identical = {label: r["tokens_identical"] for label, r in results.items()}
-    click.echo(f"\ncached and uncached greedy tokens identical in every repeat: "
+    click.echo("\ncached and uncached greedy tokens identical in every repeat: "
                + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in identical.items()))
     write_json(json_path, {"benchmark": "onnx", "machine": info, "load_average_end_1_5_15": load_end,
                            "threads": threads, "onnxruntime": onnxruntime.__version__, "checkpoint": str(checkpoint),
