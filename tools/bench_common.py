@@ -140,3 +140,19 @@ def common_options(warmup: int, repeats: int):
             fn = option(fn)
         return fn
     return decorate
+
+
+def prompt_options(new_tokens: int):
+    """--prompt-tokens, --new-tokens and --seed for the decode benchmarks, with a per-script N."""
+    def decorate(fn):
+        for option in reversed([
+            click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+                         help="P: prompt length in tokens (random ids)."),
+            click.option("--new-tokens", type=click.IntRange(min=2), default=new_tokens, show_default=True,
+                         help="N: tokens to generate; the first comes from the prefill, N−1 from decode steps."),
+            click.option("--seed", type=int, default=0, show_default=True,
+                         help="Seed of the random prompt (and of a random-init model's weights)."),
+        ]):
+            fn = option(fn)
+        return fn
+    return decorate

@@ -49,8 +49,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]
 
 from bench_common import (  # noqa: E402
-    CpuShare, common_options, machine_info, machine_line, share_lines, rates, set_threads, spread,
-    summarize, table, write_json)
+    CpuShare, common_options, machine_info, machine_line, prompt_options, rates, set_threads, share_lines,
+    spread, summarize, table, write_json)
 from tinyllm.checkpoint import load_checkpoint  # noqa: E402
 from tinyllm.cli_support import Command  # noqa: E402
 from tinyllm.config import preset  # noqa: E402
@@ -117,11 +117,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
               help="Benchmark a trained checkpoint directory instead of a random-init preset.")
 @click.option("--prompt", "prompt_text", default=None,
               help="Prompt text (with --checkpoint); its token count replaces --prompt-tokens.")
-@click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True,
-              help="P: prompt length in tokens (random ids).")
-@click.option("--new-tokens", type=click.IntRange(min=2), default=256, show_default=True,
-              help="N: tokens to generate; the first comes from the prefill, N−1 from decode steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init and the random prompt.")
+@prompt_options(new_tokens=256)
 @common_options(warmup=1, repeats=3)
 def main(preset_name, checkpoint, prompt_text, prompt_tokens, new_tokens, seed, warmup, repeats,
          threads, json_path):

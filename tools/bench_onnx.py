@@ -30,8 +30,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]
 
 from bench_common import (  # noqa: E402
-    common_options, load_average, machine_info, machine_line, rates, set_threads, spread, summarize, table,
-    write_json)
+    common_options, load_average, machine_info, machine_line, prompt_options, rates, set_threads, spread,
+    summarize, table, write_json)
 from export.onnx import export_onnx  # noqa: E402
 from tinyllm.cli_support import Command  # noqa: E402
 from tinyllm.errors import TinyLLMError  # noqa: E402
@@ -94,11 +94,7 @@ def model_bytes(directory: Path) -> int:
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True, help="Checkpoint directory to export and time.")
-@click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True,
-              help="P: prompt length in tokens (random ids).")
-@click.option("--new-tokens", type=click.IntRange(min=2), default=128, show_default=True,
-              help="N: tokens to generate; 1 from the prefill, N−1 decode steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompt.")
+@prompt_options(new_tokens=128)
 @common_options(warmup=1, repeats=3)
 def main(checkpoint, prompt_tokens, new_tokens, seed, warmup, repeats, threads, json_path):
     """Prefill and decode tokens/s on onnxruntime (float32, INT8, INT4) beside PyTorch float32."""

@@ -24,7 +24,8 @@ from tinyllm.cli_support import Command
               help="CPU threads for every runtime [the CPUs this process may use].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where artifacts (cached), results.json, report.md and plots go [CHECKPOINT/bench].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda for torch/onnxruntime and llama.cpp -ngl 999.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda for torch/onnxruntime and llama.cpp -ngl 999.")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
               help="Prefill prompt length P [min(128, context/2)].")
 @click.option("--decode-tokens", type=click.IntRange(min=1), default=None,

@@ -109,7 +109,8 @@ def check_bounds(rows: dict[str, dict]) -> None:
         flags = row.setdefault("flags", [])
         delta = 100 * (row["ppl"] / base - 1)
         if name in PARITY[1:] and abs(delta) > PARITY_PCT:
-            flags.append(f"{name}: PPL differs from torch-f32 by {delta:+.4f}%, beyond the ±{PARITY_PCT}% parity bound")
+            flags.append(f"{name}: PPL differs from torch-f32 by {delta:+.4f}%, "
+                         f"beyond the ±{PARITY_PCT}% parity bound")
         elif fmt.max_delta_pct is not None and delta > fmt.max_delta_pct:
             flags.append(f"{name}: ΔPPL {delta:+.3f}% exceeds its bound of +{fmt.max_delta_pct}%")
         twin = rows.get(fmt.same_as or "", {}).get("ppl")
