@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +17,7 @@ import click
 import torch
 
 from tinyllm.bench.machine import load_average, machine_info  # noqa: F401 - the scripts import them from here
+from tinyllm.bench.measure import summarize
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -25,12 +25,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
-
-
-def summarize(samples: Sequence[float]) -> dict:
-    """Median and spread of repeated measurements; the raw samples are kept for the JSON."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "samples": list(samples)}
 
 
 def rates(amount: float, seconds: Sequence[float]) -> dict:

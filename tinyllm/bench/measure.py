@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -33,8 +34,9 @@ class SpeedSettings:
     repeats: int
 
 
-def summarize(samples: list[float]) -> dict:
-    return {"median": float(np.median(samples)), "min": min(samples), "max": max(samples), "samples": samples}
+def summarize(samples: Sequence[float]) -> dict:
+    """Median and spread of repeated measurements; the raw samples are kept for the JSON."""
+    return {"median": float(np.median(samples)), "min": min(samples), "max": max(samples), "samples": list(samples)}
 
 
 def time_speed(runtime, prompt: list[int], settings: SpeedSettings) -> tuple[dict, dict]:
