@@ -1,7 +1,7 @@
 """ONNX export and the onnxruntime backend, on real onnxruntime sessions.
 
 Float32 parity with PyTorch (logits, greedy tokens, cached = full forward), the graph's names and
-dynamic axes, INT8/INT4 perplexity within the bounds the README states, the INT4 blocks against
+dynamic axes, INT8/INT4 perplexity within the bounds docs/onnx.md states, the INT4 blocks against
 onnxruntime's own quantizer, a self-contained directory, and one clear line for each bad input.
 Quantized checkpoints (`tinyllm quantize`) exported with their own blocks: perplexity and greedy
 tokens equal to the PyTorch quantized runtime's, and MatMulNBits holding the checkpoint's codes.
@@ -30,7 +30,7 @@ from tinyllm.sampling import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0)
 # Validation perplexity of the test-preset fixture relative to PyTorch float32. Measured: float32
-# ±0.000%, int8 +0.02%, int4 +0.47% (README, ONNX section); the bounds leave room for another
+# ±0.000%, int8 +0.02%, int4 +0.47% (docs/onnx.md); the bounds leave room for another
 # machine's rounding and onnxruntime's kernels, and still catch a wrongly packed or scaled weight.
 PPL_BOUNDS = {"none": 1e-5, "int8": 0.005, "int4": 0.03}
 
