@@ -19,7 +19,7 @@ from tinyllm.errors import TinyLLMError
 # The llama-cpp-python release whose sdist the installer builds llama.cpp from, and the revision of
 # the installer's recipe (bumped when the build changes, so that an older cached build is not used).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-BUILD_TAG = f"{LLAMA_CPP_PYTHON_VERSION}-r1"
+BUILD_TAG = f"{LLAMA_CPP_PYTHON_VERSION}-r2"
 ENV_VAR = "TINYLLM_LLAMA_CPP"
 TOOLS = ("llama-server", "llama-perplexity", "llama-bench", "llama-quantize", "llama-tokenize", "llama-cli")
 INSTALL_COMMAND = "python tools/install_llama_cpp.py  (or: make llama-cpp)"

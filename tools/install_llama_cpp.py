@@ -6,8 +6,8 @@ llama-cpp-python vendors llama.cpp's full source (tools/server, tools/perplexity
 downloads the pinned sdist with pip, builds only the tools tinyllm uses, statically (a shared build
 records absolute library paths, so its binaries break once the build tree is gone), and installs
 them into the per-user cache that `tinyllm.llama_cpp` searches:
-$XDG_CACHE_HOME/tinyllm/llama.cpp/<version>-r<recipe>/bin. A second run returns at once. One
-fix is applied to the source first (see `patch_log_flush`).
+$XDG_CACHE_HOME/tinyllm/llama.cpp/<version>-r<recipe>/bin. A second run returns at once.
+The `PATCHES` are applied to the source first: a log flush at exit and AMX kept off.
 
     python tools/install_llama_cpp.py [--jobs 2] [--force]
 """
@@ -45,21 +45,34 @@ CMAKE_OPTIONS = [
 ]
 
 
-# llama.cpp logs from a background thread that nothing joins at exit (llama.cpp issue 22142): on a
-# busy machine the last lines of a run, llama-perplexity's final estimate among them, are lost. The
-# one change made to llama.cpp's source: join that thread at exit, after it has written everything.
-LOG_FILE = "common/log.cpp"
-LOG_ANCHOR = "        log = new common_log;\n"
-LOG_FIX = LOG_ANCHOR + ("        std::atexit([]() { common_log_pause(common_log_main()); });"
-                        "  // tinyllm: flush at exit\n")
+# The changes made to llama.cpp's source before it is built, each (file, anchor, replacement, why);
+# each anchor must occur exactly once, so a llama.cpp whose source has moved stops the build.
+PATCHES = [
+    # llama.cpp logs from a background thread that nothing joins at exit (llama.cpp issue 22142): on
+    # a busy machine the last lines of a run, llama-perplexity's final estimate among them, are lost.
+    # Join that thread at exit, after it has written everything.
+    ("common/log.cpp",
+     "        log = new common_log;\n",
+     "        log = new common_log;\n"
+     "        std::atexit([]() { common_log_pause(common_log_main()); });  // tinyllm: flush at exit\n",
+     "the log flush at exit"),
+    # On a CPU with AMX (Intel Sapphire Rapids and later) -march=native compiles ggml's AMX
+    # matmul, which segfaults on our quantized models (ggml_backend_amx_mul_mat; llama.cpp issue
+    # 20824, closed unfixed). Build without it: the AVX-512/VNNI paths and q4_0 repacking stay.
+    ("ggml/src/ggml-cpu/CMakeLists.txt",
+     "list(APPEND ARCH_FLAGS -march=native)",
+     "list(APPEND ARCH_FLAGS -march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)",
+     "AMX off under -march=native"),
+]
 
 
-def patch_log_flush(source: Path) -> None:
-    path = source / LOG_FILE
-    text = path.read_text(encoding="utf-8")
-    if text.count(LOG_ANCHOR) != 1:
-        sys.exit(f"error: {path} has changed shape; revisit the log flush fix for this llama.cpp version")
-    path.write_text(text.replace(LOG_ANCHOR, LOG_FIX), encoding="utf-8")
+def patch_source(source: Path) -> None:
+    for name, anchor, replacement, why in PATCHES:
+        path = source / name
+        text = path.read_text(encoding="utf-8")
+        if text.count(anchor) != 1:
+            sys.exit(f"error: {path} has changed shape; revisit the patch for {why} for this llama.cpp version")
+        path.write_text(text.replace(anchor, replacement), encoding="utf-8")
 
 
 def run(cmd: list[str], **kwargs) -> None:
@@ -110,7 +123,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="build.", dir=root) as tmp:
             work = Path(tmp)
             source = download_source(work)
-            patch_log_flush(source)
+            patch_source(source)
             binaries = build(source, work / "build", args.jobs)
             staged = work / "bin"
             staged.mkdir()
