@@ -21,7 +21,8 @@ from tinyllm.errors import TinyLLMError
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 BUILD_TAG = f"{LLAMA_CPP_PYTHON_VERSION}-r2"
 ENV_VAR = "TINYLLM_LLAMA_CPP"
-TOOLS = ("llama-server", "llama-perplexity", "llama-bench", "llama-quantize", "llama-tokenize", "llama-cli")
+TOOLS = ("llama-server", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix", "llama-tokenize",
+         "llama-cli")
 INSTALL_COMMAND = "python tools/install_llama_cpp.py  (or: make llama-cpp)"
 # Where a directory given by the user may keep its binaries: itself, or a llama.cpp build tree.
 _BIN_SUBDIRS = (".", "bin", "build/bin")
