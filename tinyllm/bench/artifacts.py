@@ -21,28 +21,13 @@ from typing import Callable
 import export
 import quantize
 from tinyllm.bench.formats import FORMATS, Format
-from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from tinyllm.checkpoint import checkpoint_digest, digest_files
 from tinyllm.errors import TinyLLMError
 from tinyllm.fileio import atomic_directory, atomic_write_text
 from tinyllm.llama_cpp import LlamaCpp
 
 RECORD = "artifact.json"
 GGUF_FILE = "model.gguf"
-_CHUNK = 1 << 20
-
-
-def _digest_files(paths: list[Path], h: "hashlib._Hash") -> None:
-    for path in paths:
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while block := f.read(_CHUNK):
-                h.update(block)
-
-
-def checkpoint_digest(checkpoint: Path) -> str:
-    h = hashlib.sha256()
-    _digest_files([checkpoint / CONFIG_FILE, checkpoint / WEIGHTS_FILE, checkpoint / TOKENIZER_FILE], h)
-    return h.hexdigest()
 
 
 def code_digest() -> str:
@@ -50,7 +35,7 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for package in (quantize, export):
         root = Path(package.__file__).parent
-        _digest_files(sorted(root.glob("*.py")), h)
+        digest_files(sorted(root.glob("*.py")), h)
     return h.hexdigest()
 
 
