@@ -48,6 +48,9 @@ INT4_ACCURACY_LEVEL = 4
 # level 0 computes in float32 too (level 4 would round the activations to int8 per block).
 EXACT_ACCURACY_LEVEL = 0
 MS_DOMAIN = "com.microsoft"
+# The quantized checkpoints' formats `checkpoint_blocks` writes into MatMulNBits (the K-quants'
+# 2-6-bit codes under quantized sub-block scales have no such form).
+NBITS_FORMATS = ("q8_0", "q4_0", "q4_1")
 
 
 @dataclass
