@@ -44,6 +44,15 @@ def trained_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def k_checkpoint(tmp_path_factory):
+    """The `test` preset at d_model 256 and d_ff 512 (every matrix splits into K-quant super-blocks),
+    trained as `trained_checkpoint` is."""
+    out = tmp_path_factory.mktemp("kckpt") / "run"
+    Trainer(preset("test").replace(d_model=256, d_ff=512), tiny_train_config(), out, quiet=True).run()
+    return out
+
+
+@pytest.fixture(scope="session")
 def llama_cpp():
     """llama.cpp's own tools (`make test` builds them first): skip locally, fail in CI when missing."""
     from tinyllm.errors import TinyLLMError
