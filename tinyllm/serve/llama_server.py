@@ -1,32 +1,38 @@
-"""Serving a GGUF file with llama.cpp's own `llama-server`: the process wrapper and `tinyllm serve`.
+"""llama.cpp's own `llama-server` as a child process: start it on a GGUF file, talk to it, stop it.
 
 `LlamaServer` starts the real binary on a loopback port (chat template from the GGUF, `--jinja`),
-waits for `/health`, talks JSON over HTTP, and stops it cleanly (SIGINT, then SIGKILL if it
-hangs). `tinyllm serve` runs one in the foreground until Ctrl-C; the llama.cpp runtime uses the
-same wrapper for generation.
+waits for `/health`, talks JSON over HTTP, and stops it cleanly (SIGINT, then SIGKILL of its
+process group if it hangs). The child never outlives its parent: it runs in its own process group
+(a terminal's Ctrl-C reaches only us, and we decide how it stops) and asks the kernel for SIGKILL
+when the parent dies (PR_SET_PDEATHSIG), so even `kill -9` of tinyllm leaves nothing behind. It
+answers only requests that carry a random key made for this one process (`--api-key-file`), so
+other users of the machine cannot reach it around the front end on its private port.
+
+Used by `tinyllm serve` (tinyllm.serve.llama_engine, behind the one HTTP API) and by the llama.cpp
+runtime for generation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-import click
 
-from tinyllm.cli_support import Command
 from tinyllm.errors import TinyLLMError
 from tinyllm.llama_cpp import find_llama_cpp
 
-ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/completion", "/tokenize", "/health")
-_LOG_TAIL = 15
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,12 +52,30 @@ def check_port_free(host: str, port: int) -> None:
                                "--port, or --port 0 for a free one") from None
 
 
+def die_with_parent():
+    """A Popen `preexec_fn` that makes the child get SIGKILL when this process dies (Linux).
+
+    The kernel ties the signal to the thread that forks, so start children from the main thread.
+    A parent that died between fork and prctl is caught by comparing the parent's pid."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: after fork only async-signal-safe work
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 class LlamaServer:
     """One llama-server process serving one GGUF file."""
 
     def __init__(self, model: str | Path, host: str = "127.0.0.1", port: int | None = None, ctx: int | None = None,
                  threads: int | None = None, n_gpu_layers: int = 0, parallel: int = 1,
-                 llama_cpp_dir: str | Path | None = None, verbose: bool = False):
+                 llama_cpp_dir: str | Path | None = None, verbose: bool = False, alias: str | None = None):
         self.model = Path(model)
         if not self.model.is_file():
             raise TinyLLMError(f"{self.model}: no such GGUF file; write one with `tinyllm-export gguf`")
@@ -63,18 +87,27 @@ class LlamaServer:
         self.host = host
         self.port = port or free_port(host)
         self.ctx, self.threads, self.n_gpu_layers, self.parallel = ctx, threads, n_gpu_layers, parallel
+        self.alias = alias or self.model.stem
         self.verbose = verbose
+        self.api_key = secrets.token_hex(16)
         self.process: subprocess.Popen | None = None
-        self._log: Path | None = None
+        self._log_fd: int | None = None
+        self._key_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
     def argv(self) -> list[str]:
         argv = [str(self.exe), "-m", str(self.model), "--host", self.host, "--port", str(self.port),
                 "--jinja", "--no-webui", "--context-shift", "-np", str(self.parallel),
-                "-ngl", str(self.n_gpu_layers), "-a", self.model.stem]
+                "-ngl", str(self.n_gpu_layers), "-a", self.alias]
+        if self._key_file is not None:
+            argv += ["--api-key-file", str(self._key_file)]
         if self.ctx:
             # Each slot gets the full context: llama-server divides -c among its slots.
             argv += ["-c", str(self.ctx * self.parallel)]
@@ -84,23 +117,26 @@ class LlamaServer:
 
     def start(self, timeout: float = 120.0) -> "LlamaServer":
         check_port_free(self.host, self.port)
-        if self.verbose:
-            out = None
-        else:
+        fd, key_file = tempfile.mkstemp(prefix="llama-server.", suffix=".key")  # 0600: ours alone
+        with os.fdopen(fd, "w") as f:
+            f.write(self.api_key + "\n")
+        self._key_file = Path(key_file)
+        out = None
+        if not self.verbose:
+            # The log is a file without a name: read through our descriptor, gone with us however we end.
             fd, log = tempfile.mkstemp(prefix="llama-server.", suffix=".log")
-            self._log, out = Path(log), os.fdopen(fd, "w")
+            os.unlink(log)
+            self._log_fd = out = fd
         try:
-            # Its own session, so a terminal's Ctrl-C reaches us and we decide how it stops.
             self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT if out else None, start_new_session=True)
-        finally:
-            if out:
-                out.close()
-        try:
+                                            stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                                            preexec_fn=die_with_parent())
             self._wait_healthy(timeout)
         except BaseException:  # Ctrl-C while it loads must not leave it running in its own session
             self.stop()
             raise
+        finally:
+            self._remove_key_file()  # read once, at start
         return self
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -120,25 +156,34 @@ class LlamaServer:
         raise TinyLLMError(f"llama-server did not become healthy on {self.url} within {timeout:.0f} s")
 
     def log_tail(self) -> str:
-        if self._log is None or not self._log.is_file():
+        if self._log_fd is None:
             return ""
-        lines = self._log.read_text(errors="replace").strip().splitlines()
+        # pread leaves the offset the child writes at alone.
+        text = os.pread(self._log_fd, os.fstat(self._log_fd).st_size, 0).decode(errors="replace")
+        lines = text.strip().splitlines()
         errors = [ln for ln in lines if "error" in ln.lower()] or lines
         return " | ".join(ln.strip() for ln in errors[-3:])
 
+    def _remove_key_file(self) -> None:
+        if self._key_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._key_file.unlink()
+            self._key_file = None
+
     def stop(self) -> None:
-        """SIGINT (llama-server's clean shutdown), then SIGKILL if it has not gone in 10 s."""
+        """SIGINT (llama-server's clean shutdown), then SIGKILL of its group if it has not gone in 10 s."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        if self._log is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._log.unlink()
-            self._log = None
+        self._remove_key_file()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
     def __enter__(self) -> "LlamaServer":
         return self.start()
@@ -150,7 +195,8 @@ class LlamaServer:
 
     def _open(self, path: str, payload: dict | None, timeout: float):
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json", **self.headers})
         try:
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as e:
@@ -163,37 +209,3 @@ class LlamaServer:
         """POST `payload` (GET when None) and return the JSON answer."""
         with self._open(path, payload, timeout) as response:
             return json.loads(response.read())
-
-
-@click.command("serve", cls=Command)
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; the default serves this machine only.")
-@click.option("--port", type=int, default=8080, show_default=True, help="Port; 0 picks a free one.")
-@click.option("--ctx", type=int, default=None, help="Context per request [the model's].")
-@click.option("--threads", type=int, default=None, help="CPU threads [llama.cpp's default].")
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True,
-              help="Layers to offload to a GPU (needs a GPU build of llama.cpp).")
-@click.option("--parallel", type=int, default=4, show_default=True, help="Requests decoded at once.")
-@click.option("--llama-cpp", "llama_cpp_dir", type=click.Path(path_type=Path), default=None,
-              help="Directory with llama.cpp's binaries [$TINYLLM_LLAMA_CPP, the tinyllm cache, PATH].")
-@click.option("--verbose", is_flag=True, help="Show llama-server's own log.")
-def serve_command(model, host, port, ctx, threads, n_gpu_layers, parallel, llama_cpp_dir, verbose):
-    """Serve MODEL (a .gguf file) with llama.cpp's llama-server: OpenAI-compatible HTTP on HOST:PORT."""
-    if port < 0 or port > 65535:
-        raise TinyLLMError(f"--port {port}: must be 0..65535")
-    server = LlamaServer(model, host, port or None, ctx, threads, n_gpu_layers, parallel, llama_cpp_dir, verbose)
-    server.start()
-    click.echo(f"serving {model} with {server.exe} at {server.url}")
-    for endpoint in ENDPOINTS:
-        click.echo(f"  {server.url}{endpoint}")
-    click.echo("Ctrl-C stops it.")
-    try:
-        code = server.process.wait()
-    except KeyboardInterrupt:
-        click.echo("stopping llama-server…", err=True)
-        server.stop()
-        return
-    tail = server.log_tail()
-    server.stop()
-    raise TinyLLMError(f"llama-server stopped on its own with status {code}" + (f": {tail}" if tail else ""))
