@@ -9,6 +9,7 @@ SIGTERM and kill -9 leave no process behind and the port free.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -29,9 +30,11 @@ from tinyllm.cli import main as tinyllm_cli
 from tinyllm.generate import stop_ids
 from tinyllm.runtime import load_runtime
 from tinyllm.sampling import SamplingParams
+from tinyllm.serve.app import Admission
 from tinyllm.serve.llama_server import check_port_free, free_port
 from tinyllm.serve.models import checkpoint_gguf
 from tinyllm.serve.onnx_engine import StopStrings
+from tinyllm.serve.protocol import ApiError
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +45,14 @@ PROMPT = "Mira walked to the harbour"
 class Served:
     """A `tinyllm serve` process, up once /health answers; its output goes to files (no pipe to fill)."""
 
-    def __init__(self, model: Path, tmp: Path, *flags: str, env: dict | None = None):
+    def __init__(self, model: Path, tmp: Path, *flags: str, env: dict | None = None,
+                 tinyllm: tuple[str, ...] = (sys.executable, "-m", "tinyllm.cli"), cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out, self.err = tmp / f"serve-{self.port}.out", tmp / f"serve-{self.port}.err"
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tinyllm.cli", "serve", str(model), "--port",
-                                          str(self.port), "--threads", "1", *flags],
-                                         stdout=out, stderr=err, env={**os.environ, **(env or {})})
+            self.proc = subprocess.Popen([*tinyllm, "serve", str(model), "--port", str(self.port), "--threads", "1",
+                                          *flags], stdout=out, stderr=err, env={**os.environ, **(env or {})}, cwd=cwd)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"tinyllm serve exited {self.proc.returncode}: {self.output()}"
@@ -283,6 +286,33 @@ def test_stopping_leaves_no_process_and_frees_the_port(how, gguf_export, isolate
     assert gone(children[0]), f"llama-server {children[0]} outlived tinyllm serve ({how})"
     check_port_free("127.0.0.1", server.port)
     check_port_free("127.0.0.1", child_port)
+
+
+def test_a_llama_server_that_dies_stops_tinyllm_serve(gguf_export, isolated_cache, tmp_path):
+    server = Served(gguf_export("f32"), tmp_path, env=isolated_cache)
+    (child,) = server.children()
+    os.kill(child, signal.SIGKILL)
+    assert server.proc.wait(timeout=30) == 1
+    assert "Error: llama-server was killed by SIGKILL; tinyllm serve stopped" in server.output(), server.output()
+    check_port_free("127.0.0.1", server.port)
+
+
+def test_admission_lets_parallel_run_queue_wait_and_refuses_the_rest():
+    async def scenario():
+        admission = Admission(parallel=1, queue=1)
+        running = admission.slot()
+        await running.__aenter__()
+        waiting = asyncio.create_task(admission.slot().__aenter__())
+        await asyncio.sleep(0)
+        assert admission.waiting == 1 and not waiting.done()
+        with pytest.raises(ApiError) as refused:
+            await admission.slot().__aenter__()
+        assert refused.value.status == 503 and refused.value.code == "server_busy"
+        await running.__aexit__(None, None, None)
+        await waiting  # the freed slot goes to the one that waited
+        assert admission.waiting == 0
+
+    asyncio.run(scenario())
 
 
 def test_an_api_key_is_required_and_the_body_is_capped(onnx_model_dir, tmp_path):

@@ -11,6 +11,7 @@ arrives. llama-server's own refusals (4xx) reach the client unchanged.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -122,6 +123,8 @@ class LlamaEngine(Engine):
         process = self.server.process
         if process is None or process.poll() is None:
             return None
+        if process.returncode < 0:
+            return f"llama-server was killed by {signal.Signals(-process.returncode).name}"
         tail = self.server.log_tail()
         return f"llama-server exited with status {process.returncode}" + (f": {tail}" if tail else "")
 

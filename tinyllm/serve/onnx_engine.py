@@ -1,17 +1,22 @@
 """The ONNX engine of `tinyllm serve`: an onnxruntime-genai model directory, run in this process.
 
-One `og.Model` is loaded once; each request gets its own `og.Generator` (its own KV cache) on one
-of `--parallel` worker threads, and the app's admission bounds how many more may wait. The chat
-template is the model's own (`og.Tokenizer.apply_chat_template`, read from the directory), text
-is decoded with `og.TokenizerStream` (a character split across tokens comes out whole), and the
-sampling fields map onto og's search options: temperature 0 (or top_k 1) is greedy, otherwise
-`do_sample` with temperature, top_k (0: off) and top_p; `seed` is `random_seed`; `max_tokens` sets
-`max_length`. Generation stops at the model's end-of-sequence ids, at ChatML's <|im_end|> and
-<|endoftext|>, and at the request's `stop` strings (never sent: text that might begin one is held
-back until it is known not to).
+One `og.Model` is loaded once; each request gets its own `og.Generator` (its own KV cache). One
+decode loop on the server's event-loop thread steps the live requests in turn, a token each,
+yielding to the HTTP side after every step; the app's admission lets at most `--parallel` requests
+be live and `--queue` more wait (a bounded queue). The chat template is the model's own
+(`og.Tokenizer.apply_chat_template`, read from the directory), text is decoded with
+`og.TokenizerStream` (a character split across tokens comes out whole), and the sampling fields
+map onto og's search options: temperature 0 (or top_k 1) is greedy, otherwise `do_sample` with
+temperature, top_k (0: off) and top_p; `seed` is `random_seed`; `max_tokens` sets `max_length`.
+Generation stops at the model's end-of-sequence ids, at ChatML's <|im_end|> and <|endoftext|>, and
+at the request's `stop` strings (never sent: text that might begin one is held back until it is
+known not to).
 
-Why not og's own `og.Engine` (batching): on CPU it batches statically (a request that arrives while
-a batch runs waits for the whole batch to finish) and it refuses a per-request seed unless the model
+Why one loop on the event-loop thread, not a generator per worker thread: og's Python binding
+holds the GIL while it computes, so threads run no two steps at once anyway, and every token handed
+from a worker thread to the event loop costs a forced GIL switch; measured in docs/serving.md.
+Why not og's own batching `og.Engine`: on CPU it batches statically (a request that arrives while a
+batch runs waits for the whole batch to finish) and it refuses a per-request seed unless the model
 is built for dynamic batching with paged attention, which the CPU graphs are not.
 """
 
@@ -19,10 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from starlette.responses import JSONResponse, Response
 
@@ -58,6 +62,19 @@ class StopStrings:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+@dataclass
+class _Slot:
+    """One request being generated: its own og.Generator (and so its own KV cache)."""
+
+    job: Job
+    events: asyncio.Queue
+    stops: StopStrings
+    generator: object = None
+    decoder: object = None
+    generated: int = 0
+    cancelled: bool = False
 
 
 def _load_og():
@@ -100,8 +117,9 @@ class OnnxEngine(Engine):
         specials = (self.tokenizer.to_token_id(token) for token in (END_OF_TEXT, IM_END))
         self.stop_ids = set(self.tokenizer.eos_token_ids) | {i for i in specials if i >= 0}
         self.parallel = parallel
-        self.pool = ThreadPoolExecutor(parallel, thread_name_prefix="onnxruntime-genai")
-        self.closing = threading.Event()
+        self.active: list[_Slot] = []
+        self._work: asyncio.Event | None = None
+        self._decoder: asyncio.Task | None = None
 
     def describe(self) -> str:
         return f"onnxruntime-genai {self.og.__version__} ({self.device}), {self.parallel} generators of {self.n_ctx} tokens"
@@ -145,59 +163,71 @@ class OnnxEngine(Engine):
             options["random_seed"] = int(body["seed"])
         return options
 
-    def _generate(self, job: Job, emit: Callable[[tuple], None], cancel: threading.Event) -> None:
-        """On a worker thread: emit ("text", piece)…, then ("end", finish_reason, tokens) or ("error", message)."""
-        og = self.og
+    def _step(self, slot: _Slot) -> bool:
+        """One token of one request (the first step prefills its prompt too); False once it has ended.
+
+        Emits ("text", piece)…, then ("end", finish_reason, tokens) or ("error", message)."""
+        job, og = slot.job, self.og
         try:
-            params = og.GeneratorParams(self.model)
-            params.set_search_options(**self._search_options(job))
-            generator = og.Generator(self.model, params)
-            generator.append_tokens(job.prompt_ids or sorted(self.tokenizer.eos_token_ids)[:1])
-            decoder = self.tokenizer.create_stream()
-            stops = StopStrings(job.stops)
-            generated, finish = 0, "length"
-            while generated < job.max_tokens and not generator.is_done():
-                if cancel.is_set() or self.closing.is_set():
-                    return
-                generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                if token in self.stop_ids:
-                    finish = "stop"
-                    break
-                generated += 1
-                text, stopped = stops.push(decoder.decode(token))
-                if text:
-                    emit(("text", text))
-                if stopped:
-                    finish = "stop"
-                    break
-            tail = stops.flush()  # text held back for a stop string that never came
-            if tail:
-                emit(("text", tail))
-            emit(("end", finish, generated))
-        except Exception as e:  # og's own errors; the request fails, the server stays up
-            emit(("error", f"{type(e).__name__}: {e}"))
+            if slot.generator is None:
+                params = og.GeneratorParams(self.model)
+                params.set_search_options(**self._search_options(job))
+                slot.generator = og.Generator(self.model, params)
+                slot.generator.append_tokens(job.prompt_ids or sorted(self.tokenizer.eos_token_ids)[:1])
+                slot.decoder = self.tokenizer.create_stream()
+            slot.generator.generate_next_token()
+            token = int(slot.generator.get_next_tokens()[0])
+            if token in self.stop_ids:
+                return self._finish(slot, "stop")
+            slot.generated += 1
+            text, stopped = slot.stops.push(slot.decoder.decode(token))
+            if text:
+                slot.events.put_nowait(("text", text))
+            if stopped:
+                return self._finish(slot, "stop")
+            if slot.generated >= job.max_tokens or slot.generator.is_done():
+                return self._finish(slot, "length")
+            return True
+        except Exception as e:  # og's own errors: the request fails, the server stays up
+            slot.events.put_nowait(("error", f"{type(e).__name__}: {e}"))
+            return False
+
+    @staticmethod
+    def _finish(slot: _Slot, reason: str) -> bool:
+        tail = slot.stops.flush()  # text held back for a stop string that never came
+        if tail:
+            slot.events.put_nowait(("text", tail))
+        slot.events.put_nowait(("end", reason, slot.generated))
+        return False
+
+    async def _decode(self) -> None:
+        """The one decode loop: a token for each live request in turn, yielding to I/O after each."""
+        while True:
+            if not self.active:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            for slot in list(self.active):
+                if slot.cancelled or not self._step(slot):
+                    self.active.remove(slot)
+                    slot.generator = None  # its KV cache goes now, not at the next collection
+                await asyncio.sleep(0)
 
     async def _events(self, job: Job) -> AsyncIterator[tuple]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(item: tuple) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop has closed: the server is shutting down
-                cancel.set()
-
-        loop.run_in_executor(self.pool, self._generate, job, emit, cancel)
+        if self._decoder is None:
+            self._work = asyncio.Event()
+            self._decoder = asyncio.get_running_loop().create_task(self._decode())
+        slot = _Slot(job, asyncio.Queue(), StopStrings(job.stops))
+        self.active.append(slot)
+        self._work.set()
         try:
             while True:
-                item = await queue.get()
+                item = await slot.events.get()
                 yield item
                 if item[0] != "text":
                     return
-        finally:  # also when the client has gone: the worker stops at its next token
-            cancel.set()
+        finally:  # also when the client has gone: the decode loop drops it before its next token
+            slot.cancelled = True
 
     async def complete(self, job: Job) -> Response:
         pieces = []
@@ -238,5 +268,6 @@ class OnnxEngine(Engine):
         return None
 
     async def aclose(self) -> None:
-        self.closing.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.cancel()
+        self.active.clear()
