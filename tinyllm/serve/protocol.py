@@ -104,13 +104,18 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool"}
+
+
 def validate(schema: type[_Generation], body: dict) -> _Generation:
     """The request as `schema`, or a 400 naming the first field at fault."""
     try:
         return schema.model_validate(body)
     except ValidationError as e:
         first = e.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        # pydantic names the member of a union it tried ("content.str", "prompt.list[int]"): not a field
+        fields = [str(p) for p in first["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
+        param = ".".join(fields) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
         raise ApiError(400, message, param=param, code="invalid_value") from None
 
