@@ -31,7 +31,7 @@ from tinyllm.generate import stop_ids
 from tinyllm.runtime import load_runtime
 from tinyllm.sampling import SamplingParams
 from tinyllm.serve.app import Admission
-from tinyllm.serve.llama_server import check_port_free, free_port
+from tinyllm.serve.llama_server import check_port_free, free_port, wait_healthy
 from tinyllm.serve.models import checkpoint_gguf
 from tinyllm.serve.onnx_engine import StopStrings
 from tinyllm.serve.protocol import ApiError
@@ -53,17 +53,11 @@ class Served:
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen([*tinyllm, "serve", str(model), "--port", str(self.port), "--threads", "1",
                                           *flags], stdout=out, stderr=err, env={**os.environ, **(env or {})}, cwd=cwd)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"tinyllm serve exited {self.proc.returncode}: {self.output()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"tinyllm serve did not come up: {self.output()}")
+        try:
+            wait_healthy(self.url, self.proc, 120, "tinyllm serve", self.output)
+        except BaseException:
+            self.stop()
+            raise
 
     def output(self) -> str:
         return self.out.read_text() + self.err.read_text()
@@ -150,8 +144,8 @@ def test_the_banner_says_what_was_done(served):
     server, backend, _ = served
     text = server.output()
     assert f"{server.url}/v1/chat/completions" in text and "Ctrl-C stops it." in text, text
-    expected = {"gguf": "with llama-server", "checkpoint": "(float32 checkpoint) → ", "quantized": "q8_0 blocks copied",
-                "onnx": "with onnxruntime-genai"}[backend]
+    expected = {"gguf": "with llama-server", "checkpoint": "(float32 checkpoint) → ",
+                "quantized": "q8_0 blocks copied", "onnx": "with onnxruntime-genai"}[backend]
     assert expected in text, text
 
 
@@ -238,8 +232,8 @@ def bad_requests(model: str) -> list[tuple[str, str, bytes | dict, int, str | No
         ("max_tokens < 0", chat, {"model": model, "messages": hello, "max_tokens": -5}, 400, "max_tokens"),
         ("max_tokens beyond the context", chat, {"model": model, "messages": hello, "max_tokens": N_CTX + 1}, 400,
          "context_length_exceeded"),
-        ("chat longer than the context", chat, {"model": model, "messages": [{"role": "user", "content": "word " * 400}]},
-         400, "context_length_exceeded"),
+        ("chat longer than the context", chat,
+         {"model": model, "messages": [{"role": "user", "content": "word " * 400}]}, 400, "context_length_exceeded"),
         ("prompt longer than the context", "/v1/completions", {"model": model, "prompt": "word " * 400}, 400,
          "context_length_exceeded"),
         ("max_tokens as a string", chat, {"model": model, "messages": hello, "max_tokens": "8"}, 400, "max_tokens"),

@@ -10,6 +10,7 @@ llama.cpp's tools (`tinyllm llama-cpp install`), and serve the quantized checkpo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,12 +24,14 @@ from test_serve import Served
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("tinyllm", "quantize", "export")  # pyproject's [tool.setuptools.packages.find]
 
 
 def run(argv: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-    assert proc.returncode == 0, f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"{' '.join(argv)} exited {proc.returncode}:\n"
+                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
 
 
@@ -36,11 +39,19 @@ def run(argv: list[str], cwd: Path, env: dict | None = None, timeout: float = 60
 def venv(tmp_path_factory):
     """The bin/ directory of a fresh venv holding tinyllm's wheel."""
     root = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"), str(REPO)], cwd=root)
+    # Built from a copy of what the sdist holds: setuptools writes build/ and *.egg-info beside the source.
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"), str(source)], cwd=root)
     (wheel,) = (root / "dist").glob("tinyllm-*.whl")
     run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], cwd=root)
     python = root / "venv" / "bin" / "python"
-    fresh = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    fresh = Path(run([str(python), "-c", purelib], cwd=root).strip())
     (fresh / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
          str(wheel)], cwd=root)

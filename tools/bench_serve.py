@@ -49,7 +49,7 @@ from tinyllm.chat import END_OF_TEXT, IM_END  # noqa: E402
 from tinyllm.cli_support import Command  # noqa: E402
 from tinyllm.errors import TinyLLMError  # noqa: E402
 from tinyllm.runtime.llama_cpp_runtime import read_gguf  # noqa: E402
-from tinyllm.serve.llama_server import LlamaServer, free_port  # noqa: E402
+from tinyllm.serve.llama_server import LlamaServer, free_port, wait_healthy  # noqa: E402
 
 PROMPT = "Mira walked to the harbour early in the morning, and"
 
@@ -112,22 +112,16 @@ class TinyllmServe:
             self.proc = subprocess.Popen([sys.executable, "-m", "tinyllm.cli", "serve", str(model), "--port",
                                           str(self.port), "--threads", str(threads), "--parallel", str(parallel)],
                                          stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TinyLLMError(f"tinyllm serve {model} exited: {log.read_text()[-1000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TinyLLMError(f"tinyllm serve {model} did not come up")
+        try:
+            wait_healthy(self.url, self.proc, 300, f"tinyllm serve {model}", lambda: log.read_text()[-1000:])
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
 
 
 def in_process_og(onnx: Path, threads: int, n: int, repeats: int) -> dict:
@@ -245,8 +239,9 @@ def main(checkpoint, onnx, threads, parallel, new_tokens, requests, clients, rep
         for c in args["clients"]) + f" of llama-server's throughput; latency +"
         f"{proxy['latency_ms']['median'] - alone['latency_ms']['median']:.1f} ms")
     served_onnx = results["tinyllm serve (onnxruntime-genai)"]["tok_s_1"]["median"]
-    click.echo(f"onnxruntime-genai, one client: {served_onnx:,.0f} tok/s through the server, "
-               f"{in_process['tok_s_1']['median']:,.0f} in-process ({served_onnx / in_process['tok_s_1']['median']:.2f}x)")
+    alone_onnx = in_process["tok_s_1"]["median"]
+    click.echo(f"onnxruntime-genai, one client: {served_onnx:,.0f} tok/s through the server, {alone_onnx:,.0f} "
+               f"in-process ({served_onnx / alone_onnx:.2f}x)")
     click.echo(f"onnxruntime-genai in-process, 8 requests at once: 8 generators on threads "
                f"{spread(in_process['threads_8'])} tok/s, og.Engine's batching {spread(in_process['og_engine_8'])}")
     write_json(json_path, {"settings": {**args, "threads": threads, "parallel": parallel,

@@ -61,7 +61,7 @@ class LlamaEngine(Engine):
         return self
 
     def describe(self) -> str:
-        return f"llama-server ({self.server.exe}), {self.parallel} slots of {self.n_ctx} tokens"
+        return f"llama-server ({self.server.exe}), {self.parallel} requests at once, {self.n_ctx} tokens each"
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from tinyllm.errors import TinyLLMError
 from tinyllm.llama_cpp import find_llama_cpp
@@ -50,6 +51,24 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise TinyLLMError(f"port {port} on {host} is not available ({e.strerror}); pick another with "
                                "--port, or --port 0 for a free one") from None
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, what: str,
+                 detail: Callable[[], str] = lambda: "") -> None:
+    """Return once `url`/health answers 200; a TinyLLMError if `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TinyLLMError(f"{what} exited with status {process.returncode} while starting on {url} "
+                               f"{detail()}".rstrip())
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet, or 503 while the model loads
+        time.sleep(0.1)
+    raise TinyLLMError(f"{what} did not become healthy on {url} within {timeout:.0f} s")
 
 
 def die_with_parent():
@@ -140,20 +159,8 @@ class LlamaServer:
         return self
 
     def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_tail()
-                raise TinyLLMError(f"llama-server exited with status {self.process.returncode} while starting "
-                                   f"on {self.url} with {self.model}" + (f": {tail}" if tail else ""))
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet, or 503 while the model loads
-            time.sleep(0.1)
-        raise TinyLLMError(f"llama-server did not become healthy on {self.url} within {timeout:.0f} s")
+        wait_healthy(self.url, self.process, timeout, "llama-server",
+                     lambda: f"with {self.model}" + (f": {tail}" if (tail := self.log_tail()) else ""))
 
     def log_tail(self) -> str:
         if self._log_fd is None:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from tinyllm.checkpoint import REQUIRED_FILES
 from tinyllm.errors import TinyLLMError
-from tinyllm.llama_cpp import cache_root
+from tinyllm.llama_cpp import cache_root, find_llama_cpp
 from tinyllm.serve.app import Engine
 from tinyllm.serve.onnx_engine import GENAI_CONFIG
 
@@ -87,6 +87,7 @@ def open_engine(model: Path, model_id: str | None, options: EngineOptions, log: 
         return OnnxEngine(model, model_id, options.ctx, options.threads, options.device, options.parallel)
     from tinyllm.serve.llama_engine import LlamaEngine
 
+    find_llama_cpp(options.llama_cpp_dir).tool("llama-server")  # before any export: the install command, first
     gguf = model if kind == "gguf" else checkpoint_gguf(model, log)
     n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers is not None else (
         999 if options.device == "cuda" else 0)

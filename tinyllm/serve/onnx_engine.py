@@ -122,7 +122,8 @@ class OnnxEngine(Engine):
         self._decoder: asyncio.Task | None = None
 
     def describe(self) -> str:
-        return f"onnxruntime-genai {self.og.__version__} ({self.device}), {self.parallel} generators of {self.n_ctx} tokens"
+        return (f"onnxruntime-genai {self.og.__version__} ({self.device}), {self.parallel} requests at once, "
+                f"{self.n_ctx} tokens each")
 
     # -- prompts ------------------------------------------------------------------------------------
 

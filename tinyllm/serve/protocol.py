@@ -124,7 +124,8 @@ def context_error(n_ctx: int, prompt_tokens: int, max_tokens: int | None, prompt
     """OpenAI's context_length_exceeded, when the prompt (and the tokens asked for) do not fit."""
     if prompt_tokens >= n_ctx:
         return ApiError(400, f"the prompt is {prompt_tokens} tokens and the context is {n_ctx}: shorten the "
-                        "prompt (one token must be left to generate)", param=prompt_param, code="context_length_exceeded")
+                        "prompt (one token must be left to generate)", param=prompt_param,
+                        code="context_length_exceeded")
     if max_tokens is not None and prompt_tokens + max_tokens > n_ctx:
         return ApiError(400, f"the context is {n_ctx} tokens, but {prompt_tokens + max_tokens} were asked for "
                         f"({prompt_tokens} in the prompt, {max_tokens} in max_tokens): ask for at most "
