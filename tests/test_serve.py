@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -357,6 +358,17 @@ def test_a_model_that_cannot_be_served_gets_one_clear_line(trained_checkpoint, t
     for model, message in cases:
         result = runner.invoke(tinyllm_cli, ["serve", str(model), "--port", "0"])
         assert result.exit_code == 1 and message in result.output, (model, result.output)
+
+
+def test_a_directory_onnxruntime_genai_refuses_gets_its_reason(onnx_model_dir, tmp_path):
+    refused = tmp_path / "refused"
+    shutil.copytree(onnx_model_dir, refused)
+    config = json.loads((refused / "genai_config.json").read_text())
+    config["model"]["not_in_the_schema"] = 1  # og rejects any key its schema does not know
+    (refused / "genai_config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(tinyllm_cli, ["serve", str(refused), "--port", "0"])
+    assert result.exit_code == 1 and "onnxruntime-genai cannot load it" in result.output, result.output
+    assert "not_in_the_schema" in result.output
 
 
 def test_serve_refuses_a_taken_port(gguf_export):

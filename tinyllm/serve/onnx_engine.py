@@ -101,13 +101,14 @@ class OnnxEngine(Engine):
         if ctx is not None and ctx > trained:
             raise TinyLLMError(f"--ctx {ctx}: {directory} has a context of {trained} tokens; serve it with --ctx "
                                f"{trained} or less")
-        config = og.Config(str(directory))
-        config.clear_providers()
-        if device == "cuda":
-            config.append_provider("cuda")
-        if threads:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         try:
+            config = og.Config(str(directory))
+            config.clear_providers()
+            if device == "cuda":
+                config.append_provider("cuda")
+            if threads:
+                session = {"session_options": {"intra_op_num_threads": threads}}
+                config.overlay(json.dumps({"model": {"decoder": session}}))
             self.model = og.Model(config)
         except Exception as e:  # og raises RuntimeError with its own message for every kind of refusal
             hint = "; for --device cuda install onnxruntime-genai-cuda" if device == "cuda" else ""
