@@ -26,6 +26,8 @@ end-of-sequence so that every request decodes exactly N tokens there. Run it und
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -135,19 +137,24 @@ def in_process_og(onnx: Path, threads: int, n: int, repeats: int) -> dict:
     tokenizer = og.Tokenizer(model)
     stop = set(tokenizer.eos_token_ids) | {t for t in map(tokenizer.to_token_id, (END_OF_TEXT, IM_END)) if t >= 0}
 
-    def one(prompt: str) -> int:
+    def tokens_of(prompt: str):
+        """The greedy tokens of one request, as they come."""
         ids = tokenizer.encode(prompt)
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(ids) + n, do_sample=False, batch_size=1)
         generator = og.Generator(model, params)
         generator.append_tokens(ids)
-        generated = 0
-        while generated < n and not generator.is_done():
+        for _ in range(n):
+            if generator.is_done():
+                return
             generator.generate_next_token()
-            if int(generator.get_next_tokens()[0]) in stop:
-                break
-            generated += 1
-        return generated
+            token = int(generator.get_next_tokens()[0])
+            if token in stop:
+                return
+            yield token
+
+    def one(prompt: str) -> int:
+        return sum(1 for _ in tokens_of(prompt))
 
     def rate(fn) -> float:
         start = time.perf_counter()
@@ -169,13 +176,43 @@ def in_process_og(onnx: Path, threads: int, n: int, repeats: int) -> dict:
             tokens += len(events)
         return tokens
 
+    def handed_over(on_worker_thread: bool) -> float:
+        """One request's tokens/s when each token goes to an asyncio consumer, as in a server: from a
+        worker thread (call_soon_threadsafe, og holding the GIL meanwhile) or from the loop's own thread."""
+        async def consume() -> int:
+            loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+
+            def on_thread() -> None:
+                for token in itertools.chain(tokens_of(PROMPT), [None]):
+                    loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+            async def on_loop() -> None:  # as the server's decode loop: a step, then the loop's turn
+                for token in itertools.chain(tokens_of(PROMPT), [None]):
+                    tokens.put_nowait(token)
+                    await asyncio.sleep(0)
+
+            if on_worker_thread:
+                loop.run_in_executor(None, on_thread)
+            else:
+                loop.create_task(on_loop())
+            count = 0
+            while await tokens.get() is not None:
+                count += 1
+            return count
+
+        start = time.perf_counter()
+        count = asyncio.run(consume())
+        return count / (time.perf_counter() - start)
+
     prompts = [f"Story {c}-0. {PROMPT}" for c in range(8)]
     one(PROMPT)
     with ThreadPoolExecutor(8) as pool:
         threads_8 = [rate(lambda: sum(pool.map(one, prompts))) for _ in range(repeats)]
     return {"tok_s_1": summarize([rate(lambda: one(PROMPT)) for _ in range(repeats)]),
             "threads_8": summarize(threads_8),
-            "og_engine_8": summarize([rate(lambda: engine_batch(prompts)) for _ in range(repeats)])}
+            "og_engine_8": summarize([rate(lambda: engine_batch(prompts)) for _ in range(repeats)]),
+            "handoff_worker_thread": summarize([handed_over(True) for _ in range(repeats)]),
+            "handoff_loop_thread": summarize([handed_over(False) for _ in range(repeats)])}
 
 
 @click.command(cls=Command)
@@ -242,6 +279,9 @@ def main(checkpoint, onnx, threads, parallel, new_tokens, requests, clients, rep
     alone_onnx = in_process["tok_s_1"]["median"]
     click.echo(f"onnxruntime-genai, one client: {served_onnx:,.0f} tok/s through the server, {alone_onnx:,.0f} "
                f"in-process ({served_onnx / alone_onnx:.2f}x)")
+    click.echo(f"onnxruntime-genai in-process, one request, each token handed to an asyncio consumer: from a worker "
+               f"thread {spread(in_process['handoff_worker_thread'])} tok/s, from the loop's thread "
+               f"{spread(in_process['handoff_loop_thread'])}")
     click.echo(f"onnxruntime-genai in-process, 8 requests at once: 8 generators on threads "
                f"{spread(in_process['threads_8'])} tok/s, og.Engine's batching {spread(in_process['og_engine_8'])}")
     write_json(json_path, {"settings": {**args, "threads": threads, "parallel": parallel,
