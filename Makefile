@@ -46,7 +46,7 @@ demo: venv llama-cpp
 # llama.cpp's own tools, built once from the llama-cpp-python sdist into ~/.cache/tinyllm (cached:
 # a second run returns at once). The GGUF tests run them, so `make test` builds them first.
 llama-cpp: venv
-	$(BIN)/python tools/install_llama_cpp.py
+	$(BIN)/tinyllm llama-cpp install
 
 test: test-env llama-cpp
 	$(BIN)/python -m pytest -q

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +79,19 @@ def gguf_export(trained_checkpoint, tmp_path_factory):
         return made[type_name]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(trained_checkpoint, tmp_path_factory):
+    """The trained checkpoint as an ONNX directory that onnxruntime-genai's `og.Model` loads.
+
+    Made by onnxruntime-genai's own model builder for now: tinyllm's exports do not load in
+    og.Model until issue 11 lands; then this fixture becomes `tinyllm-export onnx`."""
+    for module in ("onnxruntime_genai", "onnx_ir", "transformers"):
+        require(module, 'pip install -e ".[test]"')
+    out = tmp_path_factory.mktemp("onnx-genai") / "model"
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(trained_checkpoint),
+                           "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "builder-cache")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
+    return out

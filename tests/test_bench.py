@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from tinyllm.bench.cli import main as bench_main
 from tinyllm.bench.formats import FORMATS, PARITY_PCT
 from tinyllm.bench.kld import Comparison, Reference, decode, encode
+from tinyllm.llama_cpp import INSTALL_COMMAND
 
 FORMATS_RUN = "torch-f32,torch-int8,onnx-f32,onnx-int8,gguf-f32,gguf-q8_0"
 FAST = ["--warmup", "0", "--repeats", "2", "--prompt-tokens", "16", "--decode-tokens", "8", "--calib-tokens", "2048"]
@@ -114,7 +115,7 @@ def test_bad_input_gets_one_clear_line(trained_checkpoint, tmp_path, monkeypatch
     bad = run(trained_checkpoint, "--formats", "torch-f32,gguf-q3", "--out", tmp_path / "a")
     assert bad.exit_code != 0 and "unknown format gguf-q3" in bad.output and "gguf-q4_0" in bad.output
     missing = run(trained_checkpoint, "--formats", "gguf-f32", "--out", tmp_path / "b", "--llama-cpp", tmp_path)
-    assert missing.exit_code != 0 and "install_llama_cpp.py" in missing.output
+    assert missing.exit_code != 0 and INSTALL_COMMAND in missing.output
     data = tmp_path / "latin1.txt"
     data.write_bytes("café".encode("latin-1") * 100)
     unreadable = run(trained_checkpoint, "--formats", "torch-f32", "--data", data, "--out", tmp_path / "c")

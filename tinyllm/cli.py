@@ -19,8 +19,9 @@ from tinyllm.bench.cli import main as bench_main
 from tinyllm.cli_support import Group
 from tinyllm.data import BUILTIN_DEFAULT_SIZE, corpus_stats, load_documents, write_corpus
 from tinyllm.errors import TinyLLMError
+from tinyllm.llama_cpp_install import llama_cpp_group
 from tinyllm.sampling import SamplingParams
-from tinyllm.serve import serve_command
+from tinyllm.serve.cli import serve_command
 from tinyllm.train import train_command
 
 
@@ -39,6 +40,7 @@ main.add_command(export_main, "export")
 main.add_command(quantize_main, "quantize")
 main.add_command(serve_command, "serve")
 main.add_command(bench_main, "bench")
+main.add_command(llama_cpp_group)
 
 
 def sampling_options(fn):
