@@ -202,18 +202,20 @@ def _ask(rng: random.Random, fact: Fact) -> tuple[str, str]:
     return fact.question(rng.choice(KINDS[fact.kind].questions)), rng.choice(fact.answers)
 
 
-def generate_fact_chat(rng: random.Random, system_prompts: tuple[str, ...] = ()) -> str:
-    """A ChatML chat of one to three questions on the world's facts, in training phrasings.
+def generate_fact_chat(rng: random.Random, system_prompts: tuple[str, ...] = (),
+                       facts: tuple[Fact, ...] = FACTS) -> str:
+    """A ChatML chat of one to three questions on `facts`, in training phrasings.
 
     Later questions often stay with the first one's subject, as a user asking about one person would.
     """
     messages = []
     if system_prompts and rng.random() < 0.2:
         messages.append({"role": "system", "content": rng.choice(system_prompts)})
-    fact = rng.choice(FACTS)
+    fact = rng.choice(facts)
     for turn in range(rng.choice((1, 1, 2, 3))):
         if turn:
-            fact = rng.choice(_BY_SUBJECT[fact.subject] if rng.random() < 0.6 else FACTS)
+            same_subject = [f for f in _BY_SUBJECT[fact.subject] if f in facts]
+            fact = rng.choice(same_subject if rng.random() < 0.6 else facts)
         question, answer = _ask(rng, fact)
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return render_chat(messages)
