@@ -116,6 +116,7 @@ def test_existing_output_needs_force_or_resume(tmp_path):
     (dict(batch_size=6, grad_accum=4), "not a multiple of --grad-accum"),
     (dict(steps=0), "--steps must be positive"),
     (dict(lr=-1.0), "--lr must be positive"),
+    (dict(train_on="questions"), "--train-on 'questions': choose one of assistant, all"),
 ])
 def test_bad_settings_are_refused_before_writing(tmp_path, overrides, message):
     with pytest.raises(TinyLLMError, match=message):

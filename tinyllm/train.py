@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, save_checkpoint, save_weights, write_checkpoint_files
 from tinyllm.config import ModelConfig
-from tinyllm.dataset import (IGNORE_INDEX, DataSpec, batch_offsets, eval_offsets, load_splits,
+from tinyllm.dataset import (IGNORE_INDEX, TRAIN_ON, DataSpec, batch_offsets, eval_offsets, load_splits,
                              tokenize_for_training, windows)
 from tinyllm.devices import resolve_device
 from tinyllm.distributed import Distributed
@@ -216,6 +216,10 @@ class Trainer:
                                + (f" x {world_size} processes" if world_size > 1 else ""))
         if not cfg.lr > 0:
             raise TinyLLMError(f"--lr must be positive, got {cfg.lr}")
+        if cfg.train_on not in TRAIN_ON:
+            raise TinyLLMError(f"--train-on {cfg.train_on!r}: choose one of {', '.join(TRAIN_ON)}")
+        if not 0 <= cfg.data.qa_fraction <= 1:
+            raise TinyLLMError(f"--qa-fraction {cfg.data.qa_fraction}: must be between 0 and 1")
 
     def _check_output(self, resume: bool, force: bool) -> None:
         if resume:
