@@ -78,6 +78,17 @@ PRESET_TRAINING = {
 }
 
 
+# The built-in corpus's mix per preset, where it differs from the corpus's own default.
+PRESET_DATA: dict[str, dict] = {}
+
+
+def data_spec_for(preset_name: str, **overrides) -> DataSpec:
+    """The data a preset trains on by default, with `overrides` (None values ignored) applied."""
+    values = dict(PRESET_DATA.get(preset_name, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return DataSpec(**values)
+
+
 def training_state_path(out: Path) -> Path:
     """The training state a run in `out` resumes from, or one clear line saying there is none."""
     path = Path(out) / STATE_FILE

@@ -25,8 +25,8 @@ from tinyllm.dataset import TRAIN_ON, DataSpec
 from tinyllm.devices import resolve_device
 from tinyllm.distributed import Distributed, launch
 from tinyllm.errors import TinyLLMError
-from tinyllm.train import (BEST_DIR, TrainConfig, Trainer, train_config_for, train_config_from_dict,
-                           training_state_path)
+from tinyllm.train import (BEST_DIR, TrainConfig, Trainer, data_spec_for, train_config_for,
+                           train_config_from_dict, training_state_path)
 from tinyllm.train_state import read_training_header
 
 # Flags that define the run, with the stored value each must agree with on --resume.
@@ -87,8 +87,9 @@ def _override_option(name: str, kind, help_text: str):
                    "Face dataset: a save_to_disk directory, a .parquet or .arrow file, hf:NAME[:SPLIT].")
 @click.option("--corpus-size", type=int, default=BUILTIN_DEFAULT_SIZE, show_default=True,
               help="Characters of built-in corpus to generate.")
-@click.option("--qa-fraction", type=float, default=BUILTIN_QA_FRACTION, show_default=True,
-              help="Share of the built-in corpus (by characters) in question-answer chats on its world's facts.")
+@click.option("--qa-fraction", type=float, default=None,
+              help="Share of the built-in corpus (by characters) in question-answer chats on its world's facts "
+                   f"[preset default; else {BUILTIN_QA_FRACTION}].")
 @click.option("--val-fraction", type=float, default=DataSpec.val_fraction, show_default=True,
               help="Share held out for validation: of the documents, or of the text when it is one document.")
 @click.option("--train-on", type=click.Choice(TRAIN_ON), default=TrainConfig.train_on, show_default=True,
@@ -129,8 +130,8 @@ def train_command(ctx, preset_name, data_source, corpus_size, qa_fraction, val_f
         model_config, cfg = resumed_run(out, _given(ctx))
     else:
         model_config = apply_overrides(preset(preset_name), list(overrides))
-        spec = DataSpec(source=data_source, size=corpus_size, seed=seed, val_fraction=val_fraction,
-                        qa_fraction=qa_fraction)
+        spec = data_spec_for(preset_name, source=data_source, size=corpus_size, seed=seed,
+                             val_fraction=val_fraction, qa_fraction=qa_fraction)
         cfg = train_config_for(preset_name, seed=seed, device=device, data=spec, compile=compile_model,
                                train_on=train_on, **train_overrides)
     dist = Distributed.from_environment(resolve_device(cfg.device))
