@@ -2,8 +2,8 @@
 
 A dataset gives one document per row, from its `messages` column (chats, rendered as ChatML like a
 .jsonl line) or else its `text` column; `sources.py` turns the rows into documents. `datasets` is
-imported only when such a source is used, and its progress bars are kept off the terminal, so a
-bad source prints one line.
+imported only when such a source is used, and its progress bars and the Hub client's retry
+warnings are kept off the terminal, so a bad source prints one line.
 """
 
 from __future__ import annotations
@@ -35,12 +35,20 @@ def load_dataset_column(source: str) -> tuple[str, list]:
 
 
 @contextlib.contextmanager
-def _quiet_progress(datasets):
+def _quiet(datasets):
+    """No progress bars and no retry warnings from `datasets` and the Hub client while loading."""
+    from huggingface_hub.utils import logging as hub_logging
+
     was_enabled = datasets.is_progress_bar_enabled()
+    levels = datasets.logging.get_verbosity(), hub_logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
         if was_enabled:
             datasets.enable_progress_bars()
 
@@ -53,7 +61,7 @@ def _first_line(error: Exception) -> str:
 def _open(source: str):
     import datasets
 
-    with _quiet_progress(datasets):
+    with _quiet(datasets):
         if source.startswith(HF_PREFIX):
             name, _, split = source[len(HF_PREFIX):].partition(":")
             if not name:
