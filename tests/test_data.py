@@ -514,3 +514,12 @@ def test_encode_documents_keeps_order_across_batches():
     assert len(calls) > 1 and sum(calls) == len(docs)
     assert tokens.tolist() == [x for i in range(2500) for x in (i, i + 1, -1)]
     assert data.encode_documents([], encode_batch, eot_id=0).tolist() == []
+
+
+def test_fact_questions_take_every_phrasing_in_turn():
+    questions = fact_questions()
+    for kind, of_kind in FACTS_BY_KIND.items():
+        for held_out, phrasings in ((False, facts.KINDS[kind].questions), (True, facts.KINDS[kind].held_out)):
+            asked = {q.messages[-1]["content"] for q in questions if q.fact.kind == kind and q.held_out == held_out}
+            used = {p for p in phrasings if any(f.question(p) in asked for f in of_kind)}
+            assert used == set(phrasings[:len(of_kind)]), (kind, held_out)

@@ -231,12 +231,13 @@ class FactQuestion:
 
 
 def fact_questions() -> list[FactQuestion]:
-    """Every fact asked once in a training phrasing and once in a held-out one, phrasings taken in
-    turn; every second fact as the second turn of a chat that first asked (and answered) another
-    fact about the same subject."""
+    """Every fact asked once in a training phrasing and once in a held-out one, each kind's phrasings
+    taken in turn over its facts; every second fact as the second turn of a chat that first asked
+    (and answered) another fact about the same subject."""
     out = []
     for i, fact in enumerate(FACTS):
         kind = KINDS[fact.kind]
+        j = FACTS_BY_KIND[fact.kind].index(fact)  # which phrasing: turn by turn within the kind
         context: tuple[dict, ...] = ()
         if i % 2:
             siblings = _BY_SUBJECT[fact.subject]
@@ -244,7 +245,7 @@ def fact_questions() -> list[FactQuestion]:
             context = ({"role": "user", "content": earlier.question(KINDS[earlier.kind].questions[0])},
                        {"role": "assistant", "content": earlier.answers[0]})
         for held_out, phrasings in ((False, kind.questions), (True, kind.held_out)):
-            question = fact.question(phrasings[i % len(phrasings)])
+            question = fact.question(phrasings[j % len(phrasings)])
             out.append(FactQuestion(fact, held_out, context + ({"role": "user", "content": question},)))
     return out
 
