@@ -138,7 +138,7 @@ def test_a_failure_before_the_first_save_removes_the_new_output_directory(tmp_pa
 
 
 def test_chat_documents_train_on_the_assistants_replies_only(tmp_path):
-    chats = Trainer(preset("test"), tiny_train_config(steps=1), tmp_path / "a", quiet=True)
+    chats = Trainer(preset("test"), tiny_train_config(steps=1, train_on="assistant"), tmp_path / "a", quiet=True)
     everything = Trainer(preset("test"), tiny_train_config(steps=1, train_on="all"), tmp_path / "b", quiet=True)
     assert everything.train_targets.all()
     share = chats.train_targets.mean()
