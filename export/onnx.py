@@ -24,6 +24,7 @@ a failed export leaves nothing behind.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from export.onnx_fused import fused_graph, fused_graph_problem
 from export.onnx_graph import (ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY,
                                PRESENT_VALUE, export_graph, matmul_weights, save_model)
-from export.onnx_quant import (INT4_BLOCK, NBitsBlocks, QuantizedCheckpoint, dequantized_weights, quantize_int4,
+from export.onnx_quant import (INT4_BLOCK, NBitsBlocks, QuantizedCheckpoint, dequantized_weights, int4_weights,
                                quantize_int8, read_quantized_checkpoint, write_matmul_nbits)
 from quantize.checkpoint import quantization_info
 from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, load_checkpoint, to_hf_names
@@ -49,11 +50,13 @@ from tinyllm.tokenizer import Tokenizer
 
 QUANTS = ("none", "int8", "int4")
 GRAPHS = ("fused", "plain")
+DEVICES = ("cpu", "cuda")
 # MatMulNBits accuracy_level: 4 rounds the activations to int8 per block inside the kernel, so the
-# CPU kernels use int8 dot products (AVX2/AVX512-VNNI, NEON dot), as onnxruntime-genai's builder
-# does on CPU; 0 keeps them float32, computing exactly what the PyTorch quantized runtime does.
+# CPU kernels use int8 dot products (AVX2/AVX512-VNNI, NEON dot); 0 keeps them in the activation
+# type, computing exactly what the PyTorch quantized runtime does. The defaults are the builder's:
+# 4 for the CPU, 0 for CUDA (whose kernels compute in float16 whatever the level).
 ACCURACY_LEVELS = (0, 4)
-DEFAULT_ACCURACY_LEVEL = 4
+DEFAULT_ACCURACY_LEVEL = {"cpu": 4, "cuda": 0}
 DEFAULT_OPSET = 17
 # 13 is the oldest opset tinyllm's graphs are written and checked at; 20 the newest the TorchScript
 # exporter writes. INT8's DynamicQuantizeLinear needs 11, the com.microsoft ops none.
@@ -67,33 +70,57 @@ TOLERANCE = {"none": 1e-4, "int8": 0.1, "int4": 0.05}
 # A quantized checkpoint's graph at accuracy level 0 against its PyTorch runtime: the same weights
 # and float32 activations on both sides, so float32 rounding only.
 CHECKPOINT_TOLERANCE = 1e-4
+# An exact graph computing in float16 (the CUDA variant): float16 rounding of the activations,
+# measured 6.7e-4 on the test model.
+FLOAT16_TOLERANCE = 5e-3
 VALIDATION_PROMPTS = 2
 VALIDATION_TOKENS = 24
 
 
-def check_options(quant: str, opset: int, graph: str, accuracy_level: int) -> None:
+@dataclass(frozen=True)
+class Target:
+    """What graph to write, for which execution provider, at which accuracy level and opset."""
+
+    graph: str = "fused"
+    device: str = "cpu"  # cpu, or cuda: the builder's CUDA variant (float16 activations when quantized)
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL["cpu"]
+    opset: int = DEFAULT_OPSET
+
+    def float_type(self, quant: str) -> type:
+        """The fused graph's activation type: float16 for a quantized graph on CUDA, as the builder."""
+        return np.float16 if self.device == "cuda" and quant != "none" and self.graph == "fused" else np.float32
+
+
+def check_options(quant: str, target: Target) -> None:
     if quant not in QUANTS:
         raise TinyLLMError(f"--quant {quant}: unknown; choose one of {', '.join(QUANTS)}")
-    if graph not in GRAPHS:
-        raise TinyLLMError(f"--graph {graph}: unknown; choose one of {', '.join(GRAPHS)}")
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise TinyLLMError(f"--accuracy-level {accuracy_level}: choose 4 (int8 activations in the kernel, fast on "
-                           "CPU) or 0 (float32 activations, exact to the PyTorch quantized runtime)")
-    if opset < MIN_OPSET:
-        raise TinyLLMError(f"--opset {opset}: too old for the graph's ops (RMSNorm, RoPE and attention "
+    if target.graph not in GRAPHS:
+        raise TinyLLMError(f"--graph {target.graph}: unknown; choose one of {', '.join(GRAPHS)}")
+    if target.device not in DEVICES:
+        raise TinyLLMError(f"--device {target.device}: choose cpu or cuda (the graph onnxruntime-genai's builder "
+                           "makes for the CUDA execution provider)")
+    if target.accuracy_level not in ACCURACY_LEVELS:
+        raise TinyLLMError(f"--accuracy-level {target.accuracy_level}: choose 4 (int8 activations in the kernel, "
+                           "fast on CPU) or 0 (float32 activations, exact to the PyTorch quantized runtime)")
+    if quant == "int8" and target.device == "cuda":
+        raise TinyLLMError("--quant int8 --device cuda: int8 from a float checkpoint is onnxruntime's dynamic "
+                           "quantization, which runs on the CPU only; run `tinyllm quantize int8` and export that "
+                           "quantized checkpoint (MatMulNBits, which CUDA runs)")
+    if target.opset < MIN_OPSET:
+        raise TinyLLMError(f"--opset {target.opset}: too old for the graph's ops (RMSNorm, RoPE and attention "
                            f"are exported and checked at opset {MIN_OPSET} or newer); use --opset {DEFAULT_OPSET}")
-    if opset > MAX_OPSET:
-        raise TinyLLMError(f"--opset {opset}: newer than PyTorch's TorchScript ONNX exporter writes "
+    if target.opset > MAX_OPSET:
+        raise TinyLLMError(f"--opset {target.opset}: newer than PyTorch's TorchScript ONNX exporter writes "
                            f"({MAX_OPSET}); use --opset {DEFAULT_OPSET}")
 
 
-def choose_graph(graph: str, model: Transformer, log: Callable[[str], None]) -> str:
-    """The graph to write: fused unless asked for plain or the model breaks the fused ops' rules."""
-    problem = fused_graph_problem(model.config) if graph == "fused" else None
+def choose_graph(target: Target, model: Transformer, log: Callable[[str], None]) -> Target:
+    """The target to write: the fused graph unless asked for plain or the model breaks its ops' rules."""
+    problem = fused_graph_problem(model.config) if target.graph == "fused" else None
     if problem:
         log(f"fused graph not possible ({problem}): writing the plain graph")
-        return "plain"
-    return graph
+        return replace(target, graph="plain")
+    return target
 
 
 def checkpoint_quant(checkpoint: Path, quant: str | None, info: dict | None) -> str:
@@ -114,53 +141,61 @@ def checkpoint_quant(checkpoint: Path, quant: str | None, info: dict | None) -> 
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, quant: str | None = None, opset: int = DEFAULT_OPSET,
-                force: bool = False, log: Callable[[str], None] = print,
-                accuracy_level: int = DEFAULT_ACCURACY_LEVEL, graph: str = "fused") -> dict:
+                force: bool = False, log: Callable[[str], None] = print, accuracy_level: int | None = None,
+                graph: str = "fused", device: str = "cpu") -> dict:
     """Write the ONNX model directory `out` for `checkpoint` (float32, or quantized by `tinyllm
-    quantize`); return the validation report. `quant` None: none, or a quantized checkpoint's own."""
+    quantize`); return the validation report. `quant` None: none, or a quantized checkpoint's own;
+    `accuracy_level` None: the device's default."""
     checkpoint, out = Path(checkpoint), Path(out)
     info = quantization_info(checkpoint)
     quant = checkpoint_quant(checkpoint, quant, info)
-    check_options(quant, opset, graph, accuracy_level)
+    level = DEFAULT_ACCURACY_LEVEL.get(device, 0) if accuracy_level is None else accuracy_level
+    target = Target(graph, device, level, opset)
+    check_options(quant, target)
     if out.exists() and not force:
         raise TinyLLMError(f"{out}: already exists; pass --force to overwrite it")
     if out.resolve() == checkpoint.resolve():
         raise TinyLLMError(f"{out}: is the checkpoint itself; write the ONNX model to another directory")
     if info is not None:
         source = read_quantized_checkpoint(checkpoint)
-        return export_quantized_checkpoint(source, out, quant, opset, force, log, accuracy_level,
-                                           choose_graph(graph, source.model, log))
+        return export_quantized_checkpoint(source, out, quant, choose_graph(target, source.model, log), force, log)
     model, tokenizer = load_checkpoint(checkpoint)
-    graph = choose_graph(graph, model, log)
-    record = export_record(graph, quant, opset, accuracy_level)
+    target = choose_graph(target, model, log)
     report = {}
     steps = 2 if quant == "none" else 4  # write, [validate float32, quantize,] validate
     with atomic_directory(out, replace=force) as tmp, tqdm(total=steps, desc="onnx export", unit="step",
                                                              leave=False, disable=None) as bar:
         path = tmp / MODEL_FILE
-        if graph == "plain":
+        if target.graph == "plain":
             proto = export_graph(model, path, opset)
         else:
-            proto = fused_graph(model.config, graph_weights(model), opset, accuracy_level)
+            proto = fused_graph(model.config, graph_weights(model), opset, level)
             save_model(proto, path)
-        write_support_files(tmp, model, tokenizer, graph, record)
+        write_support_files(tmp, model, tokenizer, target, export_record(target, quant))
         bar.update()
         if quant != "none":
-            report["none"] = validate(tmp, model, "none", log)
+            report["none"] = validate(tmp, model, "none", log, target)
             bar.update()
             if quant == "int8":
                 quantize_int8(path)
             else:
-                left = quantize_int4(proto, accuracy_level)
+                linear = matmul_weights(proto) if target.graph == "plain" else {
+                    name: w for name, w in graph_weights(model).items() if name.endswith(".weight.T")}
+                blocks, left = int4_weights(linear)
                 if left:
                     log(f"int4: {len(left)} weights stay float32, their input width is not a multiple of "
                         f"{INT4_BLOCK}: {', '.join(left[:4])}{' …' if len(left) > 4 else ''}")
+                if target.graph == "plain":
+                    write_matmul_nbits(proto, blocks, level)
+                else:
+                    proto = fused_graph(model.config, graph_weights(model, blocks), opset, level,
+                                        target.float_type(quant))
                 save_model(proto, path)
             bar.update()
-        report[quant] = validate(tmp, model, quant, log, accuracy_level=accuracy_level)
+        report[quant] = validate(tmp, model, quant, log, target)
         record_validation(tmp, report)
         bar.update()
-    log_written(out, quant, graph, opset, log)
+    log_written(out, quant, target, log)
     return report
 
 
@@ -181,40 +216,40 @@ def graph_weights(model: Transformer, blocks: dict[str, NBitsBlocks] | None = No
     return weights
 
 
-def export_quantized_checkpoint(source: QuantizedCheckpoint, out: Path, quant: str, opset: int, force: bool,
-                                log: Callable[[str], None], accuracy_level: int, graph: str) -> dict:
+def export_quantized_checkpoint(source: QuantizedCheckpoint, out: Path, quant: str, target: Target, force: bool,
+                                log: Callable[[str], None]) -> dict:
     """The graph of `source` with the checkpoint's blocks as its MatMul weights."""
-    record = export_record(graph, quant, opset, accuracy_level, source)
     with atomic_directory(out, replace=force) as tmp, tqdm(total=2, desc="onnx export", unit="step",
                                                              leave=False, disable=None) as bar:
-        if graph == "plain":
-            proto = export_graph(source.model, tmp / MODEL_FILE, opset)
+        if target.graph == "plain":
+            proto = export_graph(source.model, tmp / MODEL_FILE, target.opset)
             missing = sorted(set(source.blocks) - set(matmul_weights(proto)))
             if missing:
                 raise TinyLLMError(f"ONNX export: no MatMul in the traced graph holds {', '.join(missing[:4])}; "
                                    "nothing was written")
-            write_matmul_nbits(proto, source.blocks, accuracy_level)
+            write_matmul_nbits(proto, source.blocks, target.accuracy_level)
         else:
-            proto = fused_graph(source.model.config, graph_weights(source.model, source.blocks), opset, accuracy_level)
+            proto = fused_graph(source.model.config, graph_weights(source.model, source.blocks), target.opset,
+                                target.accuracy_level, target.float_type(quant))
         save_model(proto, tmp / MODEL_FILE)
-        write_support_files(tmp, source.model, source.tokenizer, graph, record)
+        write_support_files(tmp, source.model, source.tokenizer, target, export_record(target, quant, source))
         bar.update()
-        report = {quant: validate(tmp, source.model, quant, log, reference=source.reference,
-                                  accuracy_level=accuracy_level)}
+        report = {quant: validate(tmp, source.model, quant, log, target, reference=source.reference)}
         record_validation(tmp, report)
         bar.update()
-    log_written(out, f"{quant}, the checkpoint's {source.info.get('format')} blocks", graph, opset, log)
+    log_written(out, f"{quant}, the checkpoint's {source.info.get('format')} blocks", target, log)
     return report
 
 
-def log_written(out: Path, quant: str, graph: str, opset: int, log: Callable[[str], None]) -> None:
+def log_written(out: Path, quant: str, target: Target, log: Callable[[str], None]) -> None:
     size = sum(f.stat().st_size for f in out.iterdir())
-    log(f"wrote {out} ({size / 1e6:.1f} MB, {graph} graph, quant {quant}, opset {opset})")
+    log(f"wrote {out} ({size / 1e6:.1f} MB, {target.graph} graph for {target.device}, quant {quant}, "
+        f"opset {target.opset})")
 
 
 @torch.inference_mode()
-def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str], None],
-             reference: Transformer | None = None, accuracy_level: int = 0) -> dict:
+def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str], None], target: Target,
+             reference: Transformer | None = None) -> dict:
     """Run the exported graph on random prompts (the first half of each from an empty cache, then
     one token and the rest over the cached past) and compare its logits with PyTorch's.
 
@@ -223,16 +258,22 @@ def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str
     whatever the quantization costs the model), and its distance to float32 is reported beside.
     A quantized checkpoint's graph is held to the given `reference`, the checkpoint's PyTorch
     model: as tightly as float32 at accuracy level 0, within the quantization's tolerance at
-    level 4 (int8 activations in the kernel; no float32 model to report a distance to).
+    level 4 (int8 activations in the kernel; no float32 model to report a distance to). A CUDA
+    graph runs on the CUDA provider where there is one, else on the CPU, which has the same ops.
     """
-    runtime = OnnxRuntime.load(directory)
+    import onnxruntime as ort
+
+    cuda = target.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    runtime = OnnxRuntime.load(directory, device="cuda" if cuda else "cpu")
     from_checkpoint = reference is not None
     if not from_checkpoint:
         reference = model if quant == "none" else with_weights(model, dequantized_weights(
             onnx.load(str(directory / MODEL_FILE))))
-    # MatMulNBits at level 0 computes with float32 activations: exact to the weights it holds.
-    exact = quant == "none" or (accuracy_level == 0 and (from_checkpoint or quant == "int4"))
+    # MatMulNBits at level 0 computes in the activation type: exact to the weights it holds.
+    exact = quant == "none" or (target.accuracy_level == 0 and (from_checkpoint or quant == "int4"))
     tolerance = (CHECKPOINT_TOLERANCE if from_checkpoint else TOLERANCE["none"]) if exact else TOLERANCE[quant]
+    if exact and target.float_type(quant) == np.float16:
+        tolerance = FLOAT16_TOLERANCE
     c = model.config
     n = min(VALIDATION_TOKENS, c.max_seq_len)
     generator = torch.Generator().manual_seed(0)
@@ -295,13 +336,13 @@ def with_weights(model: Transformer, weights: dict[str, np.ndarray]) -> Transfor
     return copy.eval()
 
 
-def export_record(graph: str, quant: str, opset: int, accuracy_level: int,
-                  source: QuantizedCheckpoint | None = None) -> dict:
+def export_record(target: Target, quant: str, source: QuantizedCheckpoint | None = None) -> dict:
     """What this export is, for config.json's `tinyllm` section (onnxruntime-genai's config has no
     room for it: it refuses keys outside its schema)."""
-    writer = "torch.onnx (TorchScript)" if graph == "plain" else "tinyllm export/onnx_fused.py (onnx.helper)"
-    record = {"graph": graph, "quant": quant, "opset": opset, "writer": writer, "torch": torch.__version__}
-    nbits = {"op": "com.microsoft MatMulNBits", "accuracy_level": accuracy_level}
+    writer = "torch.onnx (TorchScript)" if target.graph == "plain" else "tinyllm export/onnx_fused.py (onnx.helper)"
+    record = {"graph": target.graph, "device": target.device, "quant": quant, "opset": target.opset,
+              "activations": np.dtype(target.float_type(quant)).name, "writer": writer, "torch": torch.__version__}
+    nbits = {"op": "com.microsoft MatMulNBits", "accuracy_level": target.accuracy_level}
     if source is not None:
         q = source.info
         record["quantized_checkpoint"] = {
@@ -318,13 +359,15 @@ def export_record(graph: str, quant: str, opset: int, accuracy_level: int,
     return record
 
 
-def genai_config(model: Transformer, tokenizer: Tokenizer, graph: str) -> dict:
-    """onnxruntime-genai's description of the graph: names, sizes, search defaults. The fused
-    graph's GroupQueryAttention writes the present keys/values into the past buffer in place, so
-    onnxruntime-genai (and tinyllm's runtime) keep one buffer of the whole context per layer."""
+def genai_config(model: Transformer, tokenizer: Tokenizer, target: Target) -> dict:
+    """onnxruntime-genai's description of the graph: names, sizes, search defaults, the execution
+    provider. The fused graph's GroupQueryAttention writes the present keys/values into the past
+    buffer in place, so onnxruntime-genai (and tinyllm's runtime) keep one buffer of the whole
+    context per layer."""
     c = model.config
     inputs = {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK}
-    if graph == "plain":
+    providers = [{"cuda": {"enable_cuda_graph": "0"}}] if target.device == "cuda" else []
+    if target.graph == "plain":
         inputs["position_ids"] = POSITION_IDS
     return {
         "model": {
@@ -335,20 +378,22 @@ def genai_config(model: Transformer, tokenizer: Tokenizer, graph: str) -> dict:
                 "filename": MODEL_FILE, "head_size": c.head_dim, "hidden_size": c.d_model,
                 "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
                 "num_hidden_layers": c.n_layers,
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": providers},
                 "inputs": {**inputs, "past_key_names": PAST_KEY, "past_value_names": PAST_VALUE},
                 "outputs": {"logits": LOGITS, "present_key_names": PRESENT_KEY, "present_value_names": PRESENT_VALUE},
             },
         },
-        "search": {"max_length": c.max_seq_len, "do_sample": False, "past_present_share_buffer": graph == "fused"},
+        "search": {"max_length": c.max_seq_len, "do_sample": False,
+                   "past_present_share_buffer": target.graph == "fused"},
     }
 
 
-def write_support_files(directory: Path, model: Transformer, tokenizer: Tokenizer, graph: str, record: dict) -> None:
+def write_support_files(directory: Path, model: Transformer, tokenizer: Tokenizer, target: Target,
+                        record: dict) -> None:
     model.config.replace(extra={**model.config.extra, EXPORT_RECORD: record}).save(directory / CONFIG_FILE)
     tokenizer.save(directory / TOKENIZER_FILE)
     tokenizer.save_hf_config(directory / TOKENIZER_CONFIG_FILE)
-    atomic_write_text(directory / GENAI_CONFIG_FILE, json.dumps(genai_config(model, tokenizer, graph), indent=2) + "\n")
+    atomic_write_text(directory / GENAI_CONFIG_FILE, json.dumps(genai_config(model, tokenizer, target), indent=2) + "\n")
 
 
 def record_validation(directory: Path, report: dict) -> None:
@@ -370,13 +415,17 @@ def record_validation(directory: Path, report: dict) -> None:
               help="fused (GroupQueryAttention with rotary inside, packed QKV, SkipSimplifiedLayerNormalization: "
                    "the graph onnxruntime-genai's builder writes) or plain (standard ONNX ops only). A model "
                    "whose head size the fused ops refuse gets the plain graph, with a line saying why.")
-@click.option("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, show_default=True,
+@click.option("--accuracy-level", type=int, default=None,
               help="MatMulNBits accuracy_level: 4 (activations rounded to int8 in the kernel: fast int8 dot "
-                   "products on CPU) or 0 (float32 activations: exactly the PyTorch quantized runtime).")
+                   "products on CPU; the CPU default) or 0 (activations unrounded: exactly the PyTorch quantized "
+                   "runtime; the CUDA default).")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda: the graph onnxruntime-genai's builder makes for the CUDA execution provider "
+                   "(float16 activations when quantized; run it with onnxruntime-gpu).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset of the graph ({MIN_OPSET}–{MAX_OPSET}).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def onnx_command(checkpoint, out, quant, graph, accuracy_level, opset, force):
+def onnx_command(checkpoint, out, quant, graph, accuracy_level, device, opset, force):
     """Export CHECKPOINT (float32, or quantized by `tinyllm quantize`) for onnxruntime: one graph
     with a KV cache, checked against PyTorch before it is kept.
 
@@ -384,4 +433,4 @@ def onnx_command(checkpoint, out, quant, graph, accuracy_level, opset, force):
     (`onnxruntime_genai.Model(OUT)`).
     """
     export_onnx(checkpoint, out, quant and quant.lower(), opset, force, log=lambda m: click.echo(m, err=True),
-                accuracy_level=accuracy_level, graph=graph.lower())
+                accuracy_level=accuracy_level, graph=graph.lower(), device=device.lower())

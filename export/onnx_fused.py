@@ -23,6 +23,8 @@ exporter writes the plain graph of onnx_graph.py instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -48,9 +50,11 @@ def fused_graph_problem(config: ModelConfig) -> str | None:
 
 
 class GraphWriter:
-    """Collects nodes and initializers; names each node and output after its place in the model."""
+    """Collects nodes and initializers; names each node and output after its place in the model.
+    Float constants are stored in `float_type`, the graph's activation type."""
 
-    def __init__(self):
+    def __init__(self, float_type: type = np.float32):
+        self.float_type = np.dtype(float_type)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: set[str] = set()
@@ -58,8 +62,17 @@ class GraphWriter:
     def constant(self, name: str, value: np.ndarray) -> str:
         if name not in self.names:
             self.names.add(name)
+            if value.dtype.kind == "f":
+                value = np.ascontiguousarray(value, self.float_type)
             self.initializers.append(numpy_helper.from_array(value, name))
         return name
+
+    def blocks(self, b: NBitsBlocks) -> NBitsBlocks:
+        """`b` with its scales (and minimums) in the activation type, as MatMulNBits requires."""
+        if self.float_type == np.float32:
+            return b
+        mins = None if b.mins is None else b.mins.astype(self.float_type)
+        return replace(b, scales=b.scales.astype(self.float_type), mins=mins)
 
     def node(self, op: str, inputs: list[str], scope: str, outputs: int | list[str] = 1, domain: str = "",
              **attrs) -> list[str]:
@@ -91,9 +104,9 @@ def matmul(g: GraphWriter, x: str, name: str, weight: Weight, scope: str, accura
     """x @ W: a MatMul over a float initializer, or MatMulNBits over blocks."""
     out = out or f"{scope}/output_0"
     if isinstance(weight, NBitsBlocks):
-        g.add(*matmul_nbits_nodes(x, name, weight, out, accuracy_level, scope))
+        g.add(*matmul_nbits_nodes(x, name, g.blocks(weight), out, accuracy_level, scope))
     else:
-        g.node("MatMul", [x, g.constant(name, np.ascontiguousarray(weight, np.float32))], scope, [out])
+        g.node("MatMul", [x, g.constant(name, weight)], scope, [out])
     return out
 
 
@@ -186,24 +199,26 @@ def rotary_caches(g: GraphWriter, c: ModelConfig) -> tuple[str, str]:
             g.constant("sin_cache", np.ascontiguousarray(sin[:, :half].numpy())))
 
 
-def graph_io(c: ModelConfig) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+def graph_io(c: ModelConfig, float_type: np.dtype) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    floats = helper.np_dtype_to_tensor_dtype(float_type)
     kv = ["batch_size", c.n_kv_heads, "past_sequence_length", c.head_dim]
     present = ["batch_size", c.n_kv_heads, "total_sequence_length", c.head_dim]
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])]
-    outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch_size", "sequence_length", c.vocab_size])]
+    outputs = [helper.make_tensor_value_info(LOGITS, floats, ["batch_size", "sequence_length", c.vocab_size])]
     for i in range(c.n_layers):
-        inputs += [helper.make_tensor_value_info(p % i, TensorProto.FLOAT, kv) for p in (PAST_KEY, PAST_VALUE)]
-        outputs += [helper.make_tensor_value_info(p % i, TensorProto.FLOAT, present)
+        inputs += [helper.make_tensor_value_info(p % i, floats, kv) for p in (PAST_KEY, PAST_VALUE)]
+        outputs += [helper.make_tensor_value_info(p % i, floats, present)
                     for p in (PRESENT_KEY, PRESENT_VALUE)]
     return inputs, outputs
 
 
-def fused_graph(c: ModelConfig, weights: dict[str, Weight], opset: int, accuracy_level: int) -> onnx.ModelProto:
+def fused_graph(c: ModelConfig, weights: dict[str, Weight], opset: int, accuracy_level: int,
+                float_type: type = np.float32) -> onnx.ModelProto:
     """The fused decoder for `c` holding `weights` (graph names: `….weight.T` [K, N] MatMul
     weights or their blocks, float norms, and the float embedding table unless the head is a tied
-    float weight)."""
-    g = GraphWriter()
+    float weight), computing in `float_type`: float32, or float16 as the builder's CUDA graphs."""
+    g = GraphWriter(float_type)
     lengths = attention_mask_lengths(g)
     rotary = rotary_caches(g, c)
     x = embedding(g, c, weights)
@@ -217,7 +232,7 @@ def fused_graph(c: ModelConfig, weights: dict[str, Weight], opset: int, accuracy
         x = mlp(g, i, h, weights, accuracy_level)
     h, _ = layernorm(g, c, x, residual, "model.norm.weight", weights, "/model/norm")
     lm_head(g, h, weights, accuracy_level)
-    inputs, outputs = graph_io(c)
+    inputs, outputs = graph_io(c, g.float_type)
     graph = helper.make_graph(g.nodes, "tinyllm-fused-decoder", inputs, outputs, g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],
                              producer_name="tinyllm")

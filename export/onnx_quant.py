@@ -216,13 +216,11 @@ def minimums_branch(x: str, weight: str, b: NBitsBlocks, codes_out: str,
     return nodes, initializers
 
 
-def quantize_int4(proto: onnx.ModelProto, accuracy_level: int) -> list[str]:
-    """Round every MatMul weight whose K is a multiple of 32 to 4-bit blocks and write MatMulNBits
-    in place; return the names of the weights left float32 (their K is not)."""
-    weights = matmul_weights(proto)
+def int4_weights(weights: dict[str, np.ndarray]) -> tuple[dict[str, NBitsBlocks], list[str]]:
+    """4-bit blocks of every [K, N] weight whose K is a multiple of 32, and the names of the
+    weights that stay float32 (their K is not)."""
     blocks = {name: int4_blocks(w) for name, w in weights.items() if w.shape[0] % INT4_BLOCK == 0}
-    write_matmul_nbits(proto, blocks, accuracy_level)
-    return sorted(set(weights) - set(blocks))
+    return blocks, sorted(set(weights) - set(blocks))
 
 
 def dequantized_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:

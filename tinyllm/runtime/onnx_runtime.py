@@ -131,15 +131,19 @@ class OnnxRuntime(Runtime):
 
         self.length = 0
         heads, head_size = self.kv_shape[1], self.kv_shape[2]
-        if self.shared_buffer:
-            if self.buffers is None:  # the kernel only reads the filled positions: no need to zero again
-                # One array each: an OrtValue on the CPU wraps the NumPy memory, it does not copy it.
-                self.arrays = [np.zeros((1, heads, self.n_ctx, head_size), self.kv_dtype) for _ in self.past_names]
-                self.buffers = [ort.OrtValue.ortvalue_from_numpy(a, *self.device) for a in self.arrays]
-            self.past = self.buffers
-        else:
+        if not self.shared_buffer:
             empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, head_size), self.kv_dtype), *self.device)
             self.past = [empty] * len(self.past_names)
+        elif self.buffers is None:  # the kernel reads only the filled positions: nothing to clear on reset
+            # One array each: an OrtValue on the CPU wraps the NumPy memory, it does not copy it.
+            self.arrays = [np.zeros((1, heads, self.n_ctx, head_size), self.kv_dtype) for _ in self.past_names]
+            self.buffers = [ort.OrtValue.ortvalue_from_numpy(a, *self.device) for a in self.arrays]
+            # The buffers stay bound, as past and present both, from call to call; logits first.
+            self.binding = self.session.io_binding()
+            self.binding.bind_output(self.logits_name, "cpu")
+            for past, present, value in zip(self.past_names, self.present_names, self.buffers):
+                self.binding.bind_ortvalue_input(past, value)
+                self.binding.bind_ortvalue_output(present, value)
 
     @property
     def cache_length(self) -> int:
@@ -149,19 +153,20 @@ class OnnxRuntime(Runtime):
         n = len(ids)
         if self.length + n > self.n_ctx:
             raise ValueError(f"{self.length + n} positions exceed the context of {self.n_ctx}")
-        binding = self.session.io_binding()
+        if self.shared_buffer:
+            binding = self.binding
+            binding.bind_output(self.logits_name, "cpu")  # unallocated again: its length changes per call
+        else:
+            binding = self.session.io_binding()
+            binding.bind_output(self.logits_name, "cpu")  # first: outputs()[0]
+            for past, present, value in zip(self.past_names, self.present_names, self.past):
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_output(present, *self.device)  # the cache stays where the provider computes
         binding.bind_cpu_input(self.input_ids, np.asarray(ids, dtype=np.int64).reshape(1, n))
         if self.attention_mask:
             binding.bind_cpu_input(self.attention_mask, np.ones((1, self.length + n), np.int64))
         if self.position_ids:
             binding.bind_cpu_input(self.position_ids, np.arange(self.length, self.length + n, dtype=np.int64)[None])
-        binding.bind_output(self.logits_name, "cpu")
-        for past, present, value in zip(self.past_names, self.present_names, self.past):
-            binding.bind_ortvalue_input(past, value)
-            if self.shared_buffer:
-                binding.bind_ortvalue_output(present, value)
-            else:
-                binding.bind_output(present, *self.device)  # the cache stays where the provider computes
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         if not self.shared_buffer:
