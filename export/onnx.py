@@ -199,10 +199,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quant: str | None = Non
     return report
 
 
-def graph_weights(model: Transformer, blocks: dict[str, NBitsBlocks] | None = None) -> dict[str, np.ndarray | NBitsBlocks]:
+def graph_weights(model: Transformer, blocks: dict[str, NBitsBlocks] | None = None,
+                  embedding_is_head: bool = False) -> dict[str, np.ndarray | NBitsBlocks]:
     """`model`'s tensors by the graph's names, for the fused writer: linear weights as MatMul's B
     [K, N] (`….weight.T`) or, where `blocks` names them, those blocks; norms and the embedding
-    table as they are. A tied float head is stored once: the table is read from it."""
+    table as they are. The table is left out, to be read from the head, where the two are one
+    tensor: a tied float head, or (`embedding_is_head`) a quantized checkpoint's tied embedding."""
     state = to_hf_names({k: v.detach() for k, v in model.state_dict().items()}, tied=False)
     weights = {}
     for name, tensor in state.items():
@@ -211,7 +213,7 @@ def graph_weights(model: Transformer, blocks: dict[str, NBitsBlocks] | None = No
         else:
             weights[name] = tensor.numpy()
     weights |= blocks or {}
-    if model.config.tie_embeddings and not isinstance(weights["lm_head.weight.T"], NBitsBlocks):
+    if model.config.tie_embeddings and (embedding_is_head or isinstance(weights["lm_head.weight.T"], np.ndarray)):
         del weights["model.embed_tokens.weight"]
     return weights
 
@@ -229,7 +231,10 @@ def export_quantized_checkpoint(source: QuantizedCheckpoint, out: Path, quant: s
                                    "nothing was written")
             write_matmul_nbits(proto, source.blocks, target.accuracy_level)
         else:
-            proto = fused_graph(source.model.config, graph_weights(source.model, source.blocks), target.opset,
+            # q4_1's minimums have no GatherBlockQuantized form: its table stays a float Gather.
+            head = source.blocks.get("lm_head.weight.T")
+            tied = source.model.config.tie_embeddings and head is not None and head.mins is None
+            proto = fused_graph(source.model.config, graph_weights(source.model, source.blocks, tied), target.opset,
                                 target.accuracy_level, target.float_type(quant))
         save_model(proto, tmp / MODEL_FILE)
         write_support_files(tmp, source.model, source.tokenizer, target, export_record(target, quant, source))
@@ -349,7 +354,8 @@ def export_record(target: Target, quant: str, source: QuantizedCheckpoint | None
             **nbits, "scheme": q.get("scheme"), "method": q.get("method"),
             "tensors": {name: entry.get("format") for name, entry in q.get("tensors", {}).items()},
             "blocks": "copied from the checkpoint, not re-quantized",
-            "embedding": "float32 Gather table holding the dequantized codes (exact: a lookup)"}
+            "embedding": ("the tied head's blocks, looked up by GatherBlockQuantized (exact: a lookup)"
+                          if target.graph == "fused" else "a float32 Gather table holding the dequantized codes")}
     elif quant == "int4":
         record["int4"] = {**nbits, "bits": 4, "block_size": INT4_BLOCK, "symmetric": True}
     elif quant == "int8":

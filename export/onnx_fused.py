@@ -127,15 +127,27 @@ def pack_columns(weights: list[Weight]) -> Weight | None:
 
 
 def embedding(g: GraphWriter, c: ModelConfig, weights: dict[str, Weight]) -> str:
-    """The token lookup. A tied float head is stored once, as the head's [d, V] MatMul weight,
-    and the table is its transpose (folded by onnxruntime at load): the builder's layout."""
+    """The token lookup. Without a table of its own the embedding is the tied head's weight:
+    a float head is stored once, as its [d, V] MatMul weight, and the table is its transpose
+    (folded by onnxruntime at load), the builder's layout; a head in blocks (a quantized
+    checkpoint's tied embedding) is looked up by GatherBlockQuantized on its codes, which
+    dequantizes a row exactly as PyTorch's quantized embedding does."""
     table = weights.get("model.embed_tokens.weight")
-    if table is None:
-        table = g.node("Transpose", [g.constant("lm_head.weight.T", weights["lm_head.weight.T"])],
-                       "/model/embed_tokens/Transpose", perm=[1, 0])[0]
-    else:
-        table = g.constant("model.embed_tokens.weight", table)
-    return g.node("Gather", [table, INPUT_IDS], "/model/embed_tokens/Gather")[0]
+    if table is not None:
+        return g.node("Gather", [g.constant("model.embed_tokens.weight", table), INPUT_IDS],
+                      "/model/embed_tokens/Gather")[0]
+    head = weights["lm_head.weight.T"]
+    if isinstance(head, np.ndarray):
+        table = g.node("Transpose", [g.constant("lm_head.weight.T", head)], "/model/embed_tokens/Transpose",
+                       perm=[1, 0])[0]
+        return g.node("Gather", [table, INPUT_IDS], "/model/embed_tokens/Gather")[0]
+    # The names lm_head's MatMulNBits gives its codes and scales (onnx_quant.matmul_nbits_nodes).
+    shape = g.constant("/model/embed_tokens/codes_shape", np.array([head.n, head.k * head.bits // 8], np.int64))
+    codes = g.node("Reshape", [f"lm_head.weight.T.q{head.bits}", shape], "/model/embed_tokens/Reshape")[0]
+    scales_shape = g.constant("/model/embed_tokens/scales_shape", np.array(head.scales.shape, np.int64))
+    scales = g.node("Reshape", ["lm_head.weight.T.scales", scales_shape], "/model/embed_tokens/Reshape_scales")[0]
+    return g.node("GatherBlockQuantized", [codes, INPUT_IDS, scales], "/model/embed_tokens/GatherBlockQuantized",
+                  domain=MS_DOMAIN, bits=head.bits, block_size=head.block_size, gather_axis=0, quantize_axis=1)[0]
 
 
 def layernorm(g: GraphWriter, c: ModelConfig, x: str, residual: str | None, weight_name: str,
@@ -216,8 +228,9 @@ def graph_io(c: ModelConfig, float_type: np.dtype) -> tuple[list[onnx.ValueInfoP
 def fused_graph(c: ModelConfig, weights: dict[str, Weight], opset: int, accuracy_level: int,
                 float_type: type = np.float32) -> onnx.ModelProto:
     """The fused decoder for `c` holding `weights` (graph names: `….weight.T` [K, N] MatMul
-    weights or their blocks, float norms, and the float embedding table unless the head is a tied
-    float weight), computing in `float_type`: float32, or float16 as the builder's CUDA graphs."""
+    weights or their blocks, float norms, and the float embedding table unless the embedding is
+    the tied head, see `embedding`), computing in `float_type`: float32, or float16 as the
+    builder's CUDA graphs."""
     g = GraphWriter(float_type)
     lengths = attention_mask_lengths(g)
     rotary = rotary_caches(g, c)

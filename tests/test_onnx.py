@@ -397,8 +397,11 @@ def test_matmul_nbits_holds_the_checkpoints_blocks(quantized_exports):
             if graph_name in read_back:
                 assert np.array_equal(read_back[graph_name], qw.dequantize().numpy().T), (name, tensor)
         assert len(read_back) == 4 * 2 + 1  # o, gate, up, down per layer, and the head
-        # The embedding lookup is the dequantized table, float32.
-        assert np.array_equal(inits["model.embed_tokens.weight"], head.dequantize().numpy())
+        # The embedding lookup reads the head's own q8_0 codes (GatherBlockQuantized, exact): no float table.
+        assert "model.embed_tokens.weight" not in inits
+        gather = next(n for n in proto.graph.node if n.op_type == "GatherBlockQuantized")
+        reshape = next(n for n in proto.graph.node if n.output[0] == gather.input[0])
+        assert reshape.input[0] == "lm_head.weight.T.q8"
 
 
 def test_quantized_checkpoint_greedy_generation_equals_pytorch(quantized_exports):
