@@ -399,7 +399,8 @@ def write_support_files(directory: Path, model: Transformer, tokenizer: Tokenize
     model.config.replace(extra={**model.config.extra, EXPORT_RECORD: record}).save(directory / CONFIG_FILE)
     tokenizer.save(directory / TOKENIZER_FILE)
     tokenizer.save_hf_config(directory / TOKENIZER_CONFIG_FILE)
-    atomic_write_text(directory / GENAI_CONFIG_FILE, json.dumps(genai_config(model, tokenizer, target), indent=2) + "\n")
+    genai = genai_config(model, tokenizer, target)
+    atomic_write_text(directory / GENAI_CONFIG_FILE, json.dumps(genai, indent=2) + "\n")
 
 
 def record_validation(directory: Path, report: dict) -> None:

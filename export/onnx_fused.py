@@ -126,7 +126,7 @@ def pack_columns(weights: list[Weight]) -> Weight | None:
                        first.k, first.block_size, first.bits, mins)
 
 
-def embedding(g: GraphWriter, c: ModelConfig, weights: dict[str, Weight]) -> str:
+def embedding(g: GraphWriter, weights: dict[str, Weight]) -> str:
     """The token lookup. Without a table of its own the embedding is the tied head's weight:
     a float head is stored once, as its [d, V] MatMul weight, and the table is its transpose
     (folded by onnxruntime at load), the builder's layout; a head in blocks (a quantized
@@ -234,7 +234,7 @@ def fused_graph(c: ModelConfig, weights: dict[str, Weight], opset: int, accuracy
     g = GraphWriter(float_type)
     lengths = attention_mask_lengths(g)
     rotary = rotary_caches(g, c)
-    x = embedding(g, c, weights)
+    x = embedding(g, weights)
     residual = None
     for i in range(c.n_layers):
         h, residual = layernorm(g, c, x, residual, f"model.layers.{i}.input_layernorm.weight", weights,

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.onnx_graph import matmul_weights, save_model
+from export.onnx_graph import save_model
 from quantize.checkpoint import load_quantized, weight_shapes
 from quantize.modules import QuantizedTransformer
 from quantize.schemes import QuantizedWeight, Scheme, matmul_nbits

@@ -121,7 +121,8 @@ def test_graph_names_dynamic_axes_and_grouped_cache(exported, trained_checkpoint
     genai = json.loads((exported["none"] / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["num_key_value_heads"] == c.n_kv_heads and "tinyllm" not in genai
     assert genai["search"]["past_present_share_buffer"] is True
-    assert json.loads((exported["plain"] / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is False
+    plain_genai = json.loads((exported["plain"] / "genai_config.json").read_text())
+    assert plain_genai["search"]["past_present_share_buffer"] is False
     record = json.loads((exported["none"] / "config.json").read_text())["tinyllm"]["onnx"]
     assert record["graph"] == "fused" and record["validation"]["float32"]["max_rel_error"] < 1e-4
 
@@ -567,3 +568,35 @@ def test_runtime_runs_what_onnxruntime_genais_builder_writes(trained_checkpoint,
     prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
     expected = list(generate_tokens(torch_runtime, prompt, 16, Sampler(GREEDY)))
     assert list(generate_tokens(runtime, prompt, 16, Sampler(GREEDY))) == expected
+
+
+# --- the CUDA variant ------------------------------------------------------------------------------
+
+def test_cuda_variant_is_the_builders_float16_graph(quantized_exports, tmp_path):
+    """Written (and validated, on the CPU provider where there is no GPU) without a GPU."""
+    checkpoint, _ = quantized_exports["int4-gptq"]
+    result = export_cli(checkpoint, "-o", tmp_path / "cuda", "--device", "cuda")
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(tmp_path / "cuda" / "model.onnx"))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
+    assert types["past_key_values.0.key"] == types["logits"] == onnx.TensorProto.FLOAT16
+    levels = {onnx.helper.get_attribute_value(a) for n in proto.graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {0}
+    genai = json.loads((tmp_path / "cuda" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"]["provider_options"] == [{"cuda": {"enable_cuda_graph": "0"}}]
+    record = json.loads((tmp_path / "cuda" / "config.json").read_text())["tinyllm"]["onnx"]
+    assert record["device"] == "cuda" and record["activations"] == "float16"
+    assert record["validation"]["int4"]["max_rel_error"] <= onnx_export.FLOAT16_TOLERANCE
+
+
+def test_cuda_variant_runs_on_the_gpu(quantized_exports, tmp_path):
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a GPU and onnxruntime-gpu (CUDAExecutionProvider)")
+    checkpoint, _ = quantized_exports["int4-gptq"]
+    onnx_export.export_onnx(checkpoint, tmp_path / "cuda", device="cuda", log=lambda m: None)
+    runtime = load_runtime(tmp_path / "cuda", device="cuda")
+    assert runtime.describe().startswith("onnxruntime-int4 on CUDAExecutionProvider")
+    reference = load_runtime(checkpoint)
+    ids = np.random.default_rng(6).integers(0, runtime.tokenizer.vocab_size, 40).tolist()
+    assert relative_error(runtime.logits(ids), reference.logits(ids)) < onnx_export.FLOAT16_TOLERANCE
