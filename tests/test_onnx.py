@@ -504,8 +504,10 @@ def test_optimum_loads_the_exports(exported, torch_runtime, kind):
     """optimum-onnx's ORTModelForCausalLM on the directory as it is: its logits over a prompt and
     a greedy continuation through its own past_key_values (its generate() needs a transformers
     it does not support yet, so the loop is written here)."""
-    onnxruntime_optimum = require("optimum.onnxruntime", "pip install -e '.[test]'")
-    model = onnxruntime_optimum.ORTModelForCausalLM.from_pretrained(str(exported[kind]), use_cache=True)
+    require("optimum.onnxruntime", "pip install -e '.[test]'")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(str(exported[kind]), use_cache=True)
     ours = load_runtime(exported[kind], threads=1)
     prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
     ids = torch.tensor([prompt])
