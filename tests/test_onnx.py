@@ -326,8 +326,9 @@ def checkpoint_weights(checkpoint) -> dict:
 
 # Accuracy level 4 rounds activations to int8 per block inside MatMulNBits. Measured on the
 # int4-gptq fixture against the PyTorch quantized runtime of the same blocks (what level 0
-# reproduces): PPL +0.00x%, mean KLD 1e-4 (see docs/onnx.md); asserted with room for other CPUs.
-LEVEL4_BOUNDS = {"ppl_pct": 0.5, "kld": 2e-3}
+# reproduces): PPL +0.003%, mean KLD 3.7e-6, top-1 99.6% (docs/onnx.md); asserted with room for
+# other CPUs' int8 kernels, and still far below what a wrong scale or layout gives (order 1).
+LEVEL4_BOUNDS = {"ppl_pct": 0.1, "kld": 1e-4}
 
 
 def test_quantized_checkpoint_perplexity_equals_pytorch(quantized_exports):

@@ -27,9 +27,9 @@ REFERENCE = "torch-f32"
 PARITY = ("torch-f32", "onnx-f32", "gguf-f32")
 PARITY_PCT = 0.05  # |ΔPPL| the float32 runtimes (and verbatim exports of one set of blocks) may show
 GPTQ_GOAL = 0.5  # calibrated int4's ΔPPL at most this fraction of llama-quantize Q4_0's
-# MatMulNBits at accuracy level 4 against the same blocks at level 0 (PPL, %): measured +0.0x% on
-# the test and demo models (docs/onnx.md); the bound leaves room for other CPUs' kernels.
-LEVEL4_PCT = 0.5
+# MatMulNBits at accuracy level 4 against the same blocks at level 0 (PPL, %): measured +0.003%
+# on the test model (docs/onnx.md); the bound leaves room for other models and CPUs' kernels.
+LEVEL4_PCT = 0.1
 KLD_VS_Q4_0 = 1.5  # onnx-int4's mean KLD at most this multiple of gguf-q4_0's (the issue's goal)
 
 
