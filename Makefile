@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[genai-builder]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml

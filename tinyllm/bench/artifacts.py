@@ -3,7 +3,8 @@
 Each artifact lives in `artifacts/<format>-<key>/` with an `artifact.json` saying what it is and how
 long making it took. The key hashes everything the bytes depend on: the float32 checkpoint's files,
 the recipe, the artifact it is made from (by its own key), tinyllm's writer code (quantize/ and
-export/) and, for llama-quantize, llama.cpp's version. A second run with the same inputs reuses the
+export/), the device an ONNX graph is written for and, for llama-quantize and onnxruntime-genai's
+model builder, their versions. A second run with the same inputs reuses the
 directory; a changed checkpoint or writer makes a new one. Directories are built under a temporary
 name and renamed into place, so an interrupted build leaves nothing that looks finished.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +69,9 @@ class Artifacts:
     """Finds or makes the artifact of each format, and the ones it is made from."""
 
     def __init__(self, checkpoint: Path, out: Path, llama_cpp: LlamaCpp | None, calib_tokens: int,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], device: str = "cpu"):
         self.checkpoint, self.root = checkpoint, out / "artifacts"
+        self.device = "cuda" if device.startswith("cuda") else "cpu"  # what the ONNX graphs are written for
         self.llama_cpp, self.calib_tokens, self.log = llama_cpp, calib_tokens, log
         self._base = hashlib.sha256(f"{checkpoint_digest(checkpoint)}:{code_digest()}".encode()).hexdigest()
         self._made: dict[str, Artifact] = {}
@@ -79,6 +83,10 @@ class Artifacts:
             recipe["calib_tokens"] = self.calib_tokens
         if fmt.make == "llama-quantize":
             recipe["llama.cpp"] = self.llama_cpp.version() if self.llama_cpp else None
+        if fmt.make in ("onnx", "genai-builder"):
+            recipe["device"] = self.device
+        if fmt.make == "genai-builder":
+            recipe["onnxruntime-genai"] = genai_builder_version()
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
     def get(self, fmt: Format) -> Artifact:
@@ -128,7 +136,10 @@ class Artifacts:
         if fmt.make == "onnx":
             from export.onnx import export_onnx
 
-            export_onnx(source, target, force=True, log=quiet)
+            export_onnx(source, target, force=True, log=quiet, accuracy_level=fmt.params.get("accuracy_level"),
+                        device=self.device)
+        elif fmt.make == "genai-builder":
+            run_genai_builder(source, target, fmt.params["precision"], self.device)
         elif fmt.make == "gguf":
             from export.gguf import export_gguf
 
@@ -141,3 +152,32 @@ class Artifacts:
                 tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
                 raise TinyLLMError(f"llama-quantize {fmt.params['type']} failed (status {proc.returncode}): {tail}")
         return None
+
+
+GENAI_BUILDER_NEEDS = "pip install 'tinyllm[genai-builder]' (onnx-ir, transformers>=5.24)"
+
+
+def genai_builder_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("onnxruntime-genai")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def run_genai_builder(checkpoint: Path, target: Path, precision: str, device: str) -> None:
+    """onnxruntime-genai's own model builder on the float32 checkpoint, as a user runs it."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime_genai", "onnx_ir", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TinyLLMError(f"onnxruntime-genai's model builder needs {', '.join(missing)}: {GENAI_BUILDER_NEEDS}")
+    with tempfile.TemporaryDirectory(prefix="genai-builder-") as cache:
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint),
+                               "-o", str(target), "-p", precision, "-e", device, "-c", cache],
+                              capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
+        raise TinyLLMError(f"onnxruntime-genai's model builder failed (status {proc.returncode}): {tail}; "
+                           f"its needs: {GENAI_BUILDER_NEEDS}")

@@ -8,6 +8,13 @@ rows must reproduce their source's perplexity, and the bench checks that they do
 types are made by tinyllm's GGUF writer from float32 (GGML's reference rounding), and
 `gguf-q4_0-llama-quantize` by llama.cpp's own `llama-quantize` on the F32 file: the reference
 tinyllm's calibrated int4 must beat.
+
+The ONNX rows are the fused graph (GroupQueryAttention, packed QKV, MatMulNBits). onnx-int4 runs
+at accuracy level 4, the export's CPU default: the kernel rounds activations to int8, so it is
+held to its source's PPL within LEVEL4_PCT and to a KL divergence at most KLD_VS_Q4_0 times
+llama.cpp's on the same blocks (which rounds activations to q8_0 the same way); onnx-int4-level0
+computes in float32 and must reproduce its source exactly. `onnx-int4-genai-builder` is the other
+anchor: onnxruntime-genai's own model builder run on the float32 checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ REFERENCE = "torch-f32"
 PARITY = ("torch-f32", "onnx-f32", "gguf-f32")
 PARITY_PCT = 0.05  # |ΔPPL| the float32 runtimes (and verbatim exports of one set of blocks) may show
 GPTQ_GOAL = 0.5  # calibrated int4's ΔPPL at most this fraction of llama-quantize Q4_0's
+# MatMulNBits at accuracy level 4 against the same blocks at level 0 (PPL, %): measured +0.003%
+# on the test model (docs/onnx.md); the bound leaves room for other models and CPUs' kernels.
+LEVEL4_PCT = 0.1
+KLD_VS_Q4_0 = 1.5  # onnx-int4's mean KLD at most this multiple of gguf-q4_0's (the issue's goal)
 
 
 @dataclass(frozen=True)
@@ -30,8 +41,10 @@ class Format:
     source: str | None  # the format it is made from; None: the float32 checkpoint
     params: dict = field(default_factory=dict)  # arguments of the maker (part of the cache key)
     max_delta_pct: float | None = None  # ΔPPL vs torch-f32 above which the row is flagged
-    same_as: str | None = None  # a format whose PPL it must match within PARITY_PCT (same weights)
+    same_as: str | None = None  # a format whose PPL it must match within same_pct (same weights)
     what: str = ""  # one line for the report: what the artifact is
+    same_pct: float = PARITY_PCT
+    kld_vs: tuple[str, float] | None = None  # (format, factor): mean KLD at most factor × that row's
 
     @property
     def gguf(self) -> bool:
@@ -47,11 +60,18 @@ def _formats() -> dict[str, Format]:
                what="int4 (q4_0 blocks), round to nearest"),
         Format("torch-int4-gptq", "torch", "quantize", None, {"scheme": "int4", "method": "gptq"}, 5.0,
                what="int4 (q4_0 blocks), GPTQ-calibrated on the training split"),
-        Format("onnx-f32", "onnxruntime", "onnx", None, max_delta_pct=PARITY_PCT, what="float32 ONNX graph"),
-        Format("onnx-int8", "onnxruntime", "onnx", "torch-int8", max_delta_pct=0.1, same_as="torch-int8",
-               what="torch-int8's blocks in MatMulNBits (bits 8)"),
-        Format("onnx-int4", "onnxruntime", "onnx", "torch-int4-gptq", max_delta_pct=5.0, same_as="torch-int4-gptq",
-               what="torch-int4-gptq's blocks in MatMulNBits (bits 4)"),
+        Format("onnx-f32", "onnxruntime", "onnx", None, max_delta_pct=PARITY_PCT,
+               what="float32 fused ONNX graph (GroupQueryAttention, packed QKV)"),
+        Format("onnx-int8", "onnxruntime", "onnx", "torch-int8", {"accuracy_level": 0}, max_delta_pct=0.1,
+               same_as="torch-int8", what="torch-int8's blocks in MatMulNBits (bits 8), accuracy level 0"),
+        Format("onnx-int4", "onnxruntime", "onnx", "torch-int4-gptq", {"accuracy_level": 4}, max_delta_pct=5.0,
+               same_as="torch-int4-gptq", same_pct=LEVEL4_PCT, kld_vs=("gguf-q4_0", KLD_VS_Q4_0),
+               what="torch-int4-gptq's blocks in MatMulNBits, accuracy level 4 (int8 activations in the kernel)"),
+        Format("onnx-int4-level0", "onnxruntime", "onnx", "torch-int4-gptq", {"accuracy_level": 0},
+               max_delta_pct=5.0, same_as="torch-int4-gptq",
+               what="torch-int4-gptq's blocks in MatMulNBits, accuracy level 0 (float32 activations)"),
+        Format("onnx-int4-genai-builder", "onnxruntime", "genai-builder", None, {"precision": "int4"}, 5.0,
+               what="onnxruntime-genai's model builder on the float32 checkpoint (-p int4: its RTN blocks, level 4)"),
         Format("gguf-f32", "llama.cpp", "gguf", None, {"type": "f32"}, PARITY_PCT, what="GGUF F32"),
         Format("gguf-f16", "llama.cpp", "gguf", None, {"type": "f16"}, PARITY_PCT, what="GGUF F16"),
         Format("gguf-q8_0", "llama.cpp", "gguf", "torch-int8", max_delta_pct=0.1, same_as="torch-int8",
@@ -92,7 +112,9 @@ def bound_text(fmt: Format) -> str:
     elif fmt.max_delta_pct is not None:
         parts.append(f"ΔPPL ≤ +{fmt.max_delta_pct}%")
     if fmt.same_as:
-        parts.append(f"PPL within {PARITY_PCT}% of {fmt.same_as} (same blocks)")
+        parts.append(f"PPL within {fmt.same_pct}% of {fmt.same_as} (same blocks)")
+    if fmt.kld_vs:
+        parts.append(f"mean KLD ≤ {fmt.kld_vs[1]:g}× {fmt.kld_vs[0]}'s")
     if fmt.name == "torch-int4-gptq":
         parts.append(f"ΔPPL ≤ {GPTQ_GOAL:g}× llama-quantize Q4_0's")
     return "; ".join(parts) or "the reference"
@@ -114,9 +136,14 @@ def check_bounds(rows: dict[str, dict]) -> None:
         elif fmt.max_delta_pct is not None and delta > fmt.max_delta_pct:
             flags.append(f"{name}: ΔPPL {delta:+.3f}% exceeds its bound of +{fmt.max_delta_pct}%")
         twin = rows.get(fmt.same_as or "", {}).get("ppl")
-        if twin is not None and abs(100 * (row["ppl"] / twin - 1)) > PARITY_PCT:
+        if twin is not None and abs(100 * (row["ppl"] / twin - 1)) > fmt.same_pct:
             flags.append(f"{name}: PPL {row['ppl']:.5f} differs from {fmt.same_as}'s {twin:.5f} (same blocks) by "
-                         f"more than {PARITY_PCT}%")
+                         f"more than {fmt.same_pct}%")
+        other, factor = fmt.kld_vs or ("", 0.0)
+        reference_kld = rows.get(other, {}).get("kld_mean")
+        if reference_kld is not None and row.get("kld_mean") is not None and row["kld_mean"] > factor * reference_kld:
+            flags.append(f"{name}: mean KLD {row['kld_mean']:.5f} is above {factor:g}× {other}'s "
+                         f"({reference_kld:.5f})")
         reference_q4 = rows.get("gguf-q4_0-llama-quantize", {}).get("ppl")
         if name == "torch-int4-gptq" and reference_q4 is not None:
             goal = GPTQ_GOAL * 100 * (reference_q4 / base - 1)

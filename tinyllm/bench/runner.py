@@ -58,7 +58,7 @@ def artifact_bytes(fmt: Format, path: Path) -> int:
 
 def versions(llama_cpp: LlamaCpp | None) -> dict:
     found = {}
-    for package in ("torch", "onnxruntime", "numpy", "gguf", "onnx"):
+    for package in ("torch", "onnxruntime", "onnxruntime-genai", "numpy", "gguf", "onnx"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -85,7 +85,7 @@ class Bench:
         self.speed, self.llama_cpp, self.log = speed, llama_cpp, log
         self.ngl = 0 if device == "cpu" else 999
         self.reference = out / REFERENCE_FILE
-        self.artifacts = Artifacts(checkpoint, out, llama_cpp, calib_tokens, log)
+        self.artifacts = Artifacts(checkpoint, out, llama_cpp, calib_tokens, log, device)
 
     def measure(self, fmt: Format) -> dict:
         artifact = self.artifacts.get(fmt)
