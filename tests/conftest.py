@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -85,15 +83,10 @@ def gguf_export(trained_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_model_dir(trained_checkpoint, tmp_path_factory):
-    """The trained checkpoint as an ONNX directory that onnxruntime-genai's `og.Model` loads.
+    """The trained checkpoint as `tinyllm-export onnx` writes it (float32, the fused graph): the
+    ONNX directory that onnxruntime-genai's `og.Model` loads and `tinyllm serve` serves."""
+    from export.onnx import export_onnx
 
-    Made by onnxruntime-genai's own model builder for now: tinyllm's exports do not load in
-    og.Model until issue 11 lands; then this fixture becomes `tinyllm-export onnx`."""
-    for module in ("onnxruntime_genai", "onnx_ir", "transformers"):
-        require(module, 'pip install -e ".[test]"')
     out = tmp_path_factory.mktemp("onnx-genai") / "model"
-    proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(trained_checkpoint),
-                           "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "builder-cache")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
+    export_onnx(trained_checkpoint, out, log=lambda line: None)
     return out
