@@ -54,7 +54,7 @@ def bench(wide_checkpoint, llama_cpp, tmp_path_factory):
 
 
 def _record(out, name):
-    (directory,) = (out / "artifacts").glob(f"{name}-*/")
+    (directory,) = (out / "artifacts").glob(f"{name}-{'[0-9a-f]' * 12}/")  # not NAME-sized-…
     return directory, json.loads((directory / "artifact.json").read_text())
 
 
@@ -115,10 +115,9 @@ def test_rows_sized_by_another_row(bench):
     out, _, rows, _ = bench
     target = rows["gguf-q8_0-sized"]["target_bpw"]
     # gguf-q8_0 was not asked for, but it was made to size the others: its bits per weight are the target
-    _, reference = _record(out, "gguf-q8_0")
+    directory, reference = _record(out, "gguf-q8_0")
     n_params = json.loads((out / "results.json").read_text())["n_params"]
-    (q8_file,) = (out / "artifacts").glob("gguf-q8_0-[0-9a-f]*/model.gguf")
-    assert target == pytest.approx(8 * q8_file.stat().st_size / n_params)
+    assert target == pytest.approx(8 * (directory / "model.gguf").stat().st_size / n_params)
     assert reference["format"] == "gguf-q8_0"
     _, sized = _record(out, "gguf-q8_0-sized")
     assert sized["target_of"] == "gguf-q8_0" and sized["target_bpw"] == pytest.approx(target)
