@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import mean_kld, validation_chunks
 from gguf import GGUFReader, LlamaFileType, quants
 from safetensors.torch import load_file
 
@@ -103,22 +104,9 @@ def test_the_k_runtime_equals_dequantize_then_matmul(name):
         torch.testing.assert_close(layer(x), x @ reference.T, rtol=1e-5, atol=1e-5)
 
 
-def _kld(reference, model, ids: torch.Tensor) -> float:
-    """Mean KL(reference || model) of the next-token distributions over `ids` [chunks, n_ctx]."""
-    with torch.inference_mode():
-        p = torch.log_softmax(reference(ids).double(), -1)
-        q = torch.log_softmax(model(ids).double(), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
-
-
 @pytest.fixture(scope="module")
 def validation_ids(k_checkpoint):
-    runtime = load_runtime(k_checkpoint)
-    text = plain_text(load_splits(recorded_spec(runtime))[1])
-    tokens = runtime.tokenizer.encode(text, parse_special=False)
-    n_ctx = runtime.n_ctx
-    chunks = min(8, len(tokens) // n_ctx)
-    return torch.tensor(tokens[:chunks * n_ctx]).view(chunks, n_ctx)
+    return validation_chunks(k_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +130,7 @@ def test_gptq_beats_round_to_nearest_on_kl_divergence(name, k_checkpoint, k_quan
     reference, _ = load_checkpoint(k_checkpoint)
     rtn, _, _ = load_quantized(k_quantized(name, "rtn"))
     gptq, _, _ = load_quantized(k_quantized(name, "gptq"))
-    kld_rtn, kld_gptq = _kld(reference, rtn, validation_ids), _kld(reference, gptq, validation_ids)
+    kld_rtn, kld_gptq = mean_kld(reference, rtn, validation_ids), mean_kld(reference, gptq, validation_ids)
     assert kld_gptq < kld_rtn, (kld_gptq, kld_rtn)
 
 
