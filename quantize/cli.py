@@ -34,8 +34,9 @@ from tinyllm.cli_support import Command
 @click.option("--calib-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
               help="Calibration tokens for gptq (and for auto's sensitivity measurements).")
 @click.option("--embeddings", type=click.Choice(EMBEDDINGS), default="auto", show_default=True,
-              help="Token embedding / output head: auto (llama-quantize's choice: the head in q6_k, or q8_0 "
-                   "where its rows do not split into 256), same (the chosen scheme), int8, float. "
+              help="Token embedding / output head: auto (the head keeps more bits: q6_k under q2_k…q5_k as "
+                   "llama-quantize does, q8_0 where its rows do not split into 256 and under int8/int4, "
+                   "which then export to ONNX unchanged), same (the chosen scheme), int8, float. "
                    "Not for SCHEME auto, which picks them too.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def main(scheme, checkpoint, out, target_bpw, sensitivity_from, asym, group_size, method, calib_data, calib_tokens,

@@ -4,8 +4,9 @@ whole run from a checkpoint directory to a quantized one.
 Which tensors: every attention and feed-forward matrix gets the chosen scheme; norms stay
 float32. `--embeddings` decides the token embedding and the output head:
   auto   as llama-quantize does: the output head (the embedding, when tied) keeps more bits —
-         q6_k, or q8_0 where its rows do not split into 256 or the scheme is int8 — and an untied
-         embedding gets the chosen scheme;
+         q6_k under a K scheme (q8_0 where its rows do not split into 256), q8_0 under int8/int4
+         (so that those export to ONNX's MatMulNBits unchanged) — and an untied embedding gets
+         the chosen scheme;
   same   the chosen scheme for both;  int8   q8_0 for both;  float   both stay float32.
 `auto` as the scheme (quantize/auto.py) instead picks every tensor's type for a size.
 """
@@ -43,12 +44,13 @@ MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_at
 
 
 def head_scheme(scheme: Scheme | KScheme, width: int) -> Scheme | KScheme:
-    """The output head's scheme under --embeddings auto: llama-quantize's Q6_K, or q8_0 where its
-    rows of `width` do not split into 256 (or the scheme is int8 already)."""
-    if isinstance(scheme, Scheme) and scheme.bits == 8 or scheme == KScheme("q6_k"):
-        return scheme
+    """The output head's scheme under --embeddings auto. A K scheme's head gets llama-quantize's
+    Q6_K, or q8_0 where its rows of `width` do not split into 256. int8/int4 keep it in q8_0: those
+    checkpoints export to ONNX unchanged, and MatMulNBits / GatherBlockQuantized hold no Q6_K."""
+    if isinstance(scheme, Scheme):
+        return make_scheme("int8", group_size=scheme.group_size)
     if width % QK_K:
-        return make_scheme("int8", group_size=scheme.group_size if isinstance(scheme, Scheme) else 32)
+        return make_scheme("int8")
     return KScheme("q6_k")
 
 

@@ -123,6 +123,18 @@ def _formats() -> dict[str, Format]:
                            {"type": type_name, "imatrix": True}, ceiling,
                            what=f"llama-quantize {type_name} of gguf-f32 with llama-imatrix's importance matrix "
                                 "from the calibration text"))
+        # tinyllm's calibrated answers at each of those sizes: one K scheme throughout, and a mix
+        # of types chosen for exactly the imatrix file's bits per weight.
+        scheme, low = type_name.split("_")[0].lower() + "_k", type_name.lower()
+        rows.append(Format(f"torch-{scheme}-gptq", "torch", "quantize", None, {"scheme": scheme, "method": "gptq"},
+                           ceiling, what=f"{scheme} super-blocks (every matrix), GPTQ-calibrated on the training split"))
+        rows.append(Format(f"gguf-{scheme}-gptq", "llama.cpp", "gguf", f"torch-{scheme}-gptq", max_delta_pct=ceiling,
+                           same_as=f"torch-{scheme}-gptq", what=f"torch-{scheme}-gptq's blocks, copied"))
+        rows.append(Format(f"torch-auto-{low}", "torch", "quantize", None,
+                           {"scheme": "auto", "method": "gptq", "target_bpw_of": f"gguf-{low}-imatrix"}, ceiling,
+                           what=f"auto: each tensor's type chosen by measured KLD for gguf-{low}-imatrix's size, GPTQ"))
+        rows.append(Format(f"gguf-auto-{low}", "llama.cpp", "gguf", f"torch-auto-{low}", max_delta_pct=ceiling,
+                           same_as=f"torch-auto-{low}", what=f"torch-auto-{low}'s blocks, copied"))
     return {f.name: f for f in rows}
 
 
