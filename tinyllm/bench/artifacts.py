@@ -152,6 +152,8 @@ class Artifacts:
             from quantize.quantizer import quantize_checkpoint
 
             sized = {} if target_bpw is None or not fmt.params.get("target_bpw_of") else {"target_bpw": target_bpw}
+            if fmt.params["scheme"] == "auto":
+                sized["sensitivity_from"] = self._sensitivity(fmt)
             report = quantize_checkpoint(source, target, fmt.params["scheme"], method=fmt.params["method"],
                                          calib_tokens=self.calib_tokens, force=True, **sized)
             return report["seconds"], {}  # the quantization itself, not reading and writing
@@ -178,6 +180,15 @@ class Artifacts:
             if proc.returncode != 0:
                 raise _tool_failure(f"llama-quantize {fmt.params['type']}", proc)
         return None, {}
+
+    def _sensitivity(self, fmt: Format) -> Path | None:
+        """An auto row already made this run by the same method: its per-tensor divergences plan
+        this size too (they depend on the model, method and calibration text, not on the size)."""
+        for made in self._made.values():
+            if made.format.make == "quantize" and made.format.params.get("scheme") == "auto" \
+                    and made.format.params.get("method") == fmt.params["method"]:
+                return made.path
+        return None
 
     def _calibration_text(self, target: Path) -> dict:
         """The GPTQ rows' calibration tokens as text that tokenizes back to them (checked here)."""
