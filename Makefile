@@ -43,7 +43,7 @@ demo: venv llama-cpp
 	printf 'Where does Mira live?\nWhat is the weather like in Åsbury in winter?\nWhat pet does José own?\n' \
 		| $(BIN)/tinyllm chat $(DEMO_OUT) --temperature 0 --repetition-penalty 1 -n 60
 	@echo "== every format, measured =="
-	$(BIN)/tinyllm bench $(DEMO_OUT) --formats all --out $(DEMO_OUT)/bench
+	$(BIN)/tinyllm bench $(DEMO_OUT) --formats core --out $(DEMO_OUT)/bench
 	@echo "demo done: checkpoint in $(DEMO_OUT), report in $(DEMO_OUT)/bench/report.md (try: $(BIN)/tinyllm chat $(DEMO_OUT))"
 
 # llama.cpp's own tools, built once from the llama-cpp-python sdist into ~/.cache/tinyllm (cached:

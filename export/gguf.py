@@ -9,12 +9,14 @@ along rows, so it applies to float rows and to ready-made quantized blocks alike
 
 Two sources, one writer. From a float32 checkpoint, `float_tensors` + `plan_types` +
 `gguf_quants.encode` make the blocks. From a quantized checkpoint (`tinyllm-quantize`),
-`quantized_tensors` copies its codes and scales (and minimums) into GGML blocks verbatim
-(`quantize.schemes.ggml_blocks`): the checkpoint's block layouts are GGML's, so nothing is
-quantized twice and llama.cpp computes with exactly the weights the PyTorch quantized runtime
-does; tensors the checkpoint kept in float (norms, an embedding kept by `--embeddings float`) are
-written as F32. `write_gguf` writes either list of `GGUFTensor`s, reads the file back with
-`gguf.GGUFReader`, checks it, and only then moves it into place.
+`quantized_tensors` copies its codes and scales (and minimums; for the K-quants the sub-block
+scales and the super-blocks' d/dmin) into GGML blocks verbatim (`blocks()` of
+quantize.schemes.QuantizedWeight / quantize.kquants.KQuantWeight): the checkpoint's block layouts
+are GGML's, so nothing is quantized twice and llama.cpp computes with exactly the weights the
+PyTorch quantized runtime does; tensors the checkpoint kept in float are written as F32 (norms,
+an embedding kept by `--embeddings float`) or F16 (matrices `auto` kept in float16). `write_gguf`
+writes either list of `GGUFTensor`s, reads the file back with `gguf.GGUFReader`, checks it, and
+only then moves it into place; `file_bytes` is the size it would write, without writing it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import click
 import numpy as np
-from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType, TokenType
+import torch
+from gguf import (GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFReader,
+                  GGUFWriter, LlamaFileType, TokenType)
 from tqdm import tqdm
 
 from export.gguf_quants import block_size, encode, fits
-from quantize.checkpoint import quantization_info, stored_blocks
-from quantize.schemes import QuantizedWeight, ggml_blocks
+from quantize.checkpoint import quantization_info, stored_blocks, weight_shapes
+from quantize.kquants import KQuantWeight
+from quantize.schemes import STORED_PARTS, QuantizedWeight
 from tinyllm import __version__
 from tinyllm.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 from tinyllm.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir, from_hf_names,
@@ -47,7 +53,7 @@ from tinyllm.tokenizer import Tokenizer
 Q = GGMLQuantizationType
 
 # --type name -> (the GGML type of the weight matrices, the file type recorded in general.file_type).
-# q4_k/q5_k are "all matrices in that type"; llama.cpp has no pure file type for them, so the
+# q3_k/q4_k/q5_k are "all matrices in that type"; llama.cpp has no pure file type for them, so the
 # closest one (_S) is recorded. q4_k_m is llama.cpp's mixture (see `matrix_type`).
 TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "f32": (Q.F32, LlamaFileType.ALL_F32),
@@ -58,6 +64,8 @@ TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "q4_1": (Q.Q4_1, LlamaFileType.MOSTLY_Q4_1),
     "q5_0": (Q.Q5_0, LlamaFileType.MOSTLY_Q5_0),
     "q5_1": (Q.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+    "q2_k": (Q.Q2_K, LlamaFileType.MOSTLY_Q2_K),
+    "q3_k": (Q.Q3_K, LlamaFileType.MOSTLY_Q3_K_S),
     "q4_k": (Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_S),
     "q5_k": (Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_S),
     "q6_k": (Q.Q6_K, LlamaFileType.MOSTLY_Q6_K),
@@ -65,7 +73,7 @@ TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
 }
 # What a type falls back to where a row does not split into its blocks (llama.cpp's own choices
 # in llama-quantize); F16 is the last resort for rows that are not even a multiple of 32.
-FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 
 
 @dataclass
@@ -118,17 +126,18 @@ def float_tensors(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[str
 
 
 def quantized_tensors(config: ModelConfig, floats: dict[str, np.ndarray],
-                      quantized: dict[str, QuantizedWeight]) -> list[GGUFTensor]:
+                      quantized: dict[str, QuantizedWeight | KQuantWeight]) -> list[GGUFTensor]:
     """A quantized checkpoint's tensors (our module names) as they go into the file: its blocks
     copied as GGML blocks (whole rows, so the q/k permutation moves them unchanged), everything
-    it kept in float as F32."""
+    it kept in float as F32, or F16 where it stored float16."""
     out = []
     for ours, (name, heads) in gguf_names(config).items():
         if ours in quantized:
             qw = quantized[ours]
-            data, qtype = ggml_blocks(qw), TYPES[qw.scheme.ggml_type][0]
+            data, qtype = qw.blocks(), TYPES[qw.scheme.ggml_type][0]
         else:
-            data, qtype = floats[ours], Q.F32
+            data = floats[ours]
+            qtype = Q.F16 if data.dtype == np.float16 else Q.F32
         out.append(GGUFTensor(name, qtype, _in_llama_cpp_order(data, heads)))
     return out
 
@@ -238,22 +247,29 @@ def _check_written(path: Path, tensors: list[GGUFTensor], n_tokens: int) -> None
                                "nothing was kept")
 
 
+def _writer(path: Path, config: ModelConfig, tokenizer: Tokenizer, file_type: LlamaFileType, name: str,
+            extra: dict[str, str | list[str]]) -> GGUFWriter:
+    """A GGUFWriter holding every key-value the file carries (tensors not yet added)."""
+    writer = GGUFWriter(path, "llama")
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+    add_hyperparameters(writer, config)
+    add_tokenizer(writer, tokenizer)
+    for key, value in extra.items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_string(key, value)
+    return writer
+
+
 def write_gguf(out: Path, config: ModelConfig, tokenizer: Tokenizer, tensors: list[GGUFTensor],
                file_type: LlamaFileType, name: str, extra: dict[str, str | list[str]] | None = None) -> None:
     """Write a complete GGUF atomically; it is read back and checked before it replaces `out`."""
 
     def write(tmp: Path) -> None:
-        writer = GGUFWriter(tmp, "llama")
-        writer.add_name(name)
-        writer.add_file_type(file_type)
-        writer.add_quantization_version(GGML_QUANT_VERSION)
-        add_hyperparameters(writer, config)
-        add_tokenizer(writer, tokenizer)
-        for key, value in (extra or {}).items():
-            if isinstance(value, list):
-                writer.add_array(key, value)
-            else:
-                writer.add_string(key, value)
+        writer = _writer(tmp, config, tokenizer, file_type, name, extra or {})
         for tensor in tensors:
             quantized = tensor.data.dtype == np.uint8
             writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.qtype if quantized else None)
@@ -272,20 +288,61 @@ def write_gguf(out: Path, config: ModelConfig, tokenizer: Tokenizer, tensors: li
         raise TinyLLMError(f"{out}: cannot write ({e.strerror or e})") from None
 
 
+def tensor_bytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+    """What one tensor of this shape and type takes in the file, padding to the next tensor included."""
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    return GGUFWriter.ggml_pad(int(np.prod(shape)) // block * type_size, GGUF_DEFAULT_ALIGNMENT)
+
+
+def metadata_bytes(config: ModelConfig, tokenizer: Tokenizer, name: str,
+                   extra: dict[str, str | list[str]]) -> int:
+    """The bytes before the first tensor's data (header, key-values, tensor table, padding) of the
+    file `write_gguf` writes for this model: the same whatever the tensors' types."""
+    shapes = weight_shapes(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "meta.gguf"
+        writer = _writer(path, config, tokenizer, LlamaFileType.ALL_F32, name, extra)
+        for ours, (gguf_name, _) in gguf_names(config).items():
+            writer.add_tensor_info(gguf_name, tuple(shapes[ours]), np.dtype(np.float32), 0, raw_dtype=Q.F32)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        return GGUFWriter.ggml_pad(path.stat().st_size, GGUF_DEFAULT_ALIGNMENT)
+
+
+def export_metadata(config: ModelConfig, type_name: str, info: dict | None,
+                    fallbacks: list[str] | None = None) -> dict[str, str | list[str]]:
+    """tinyllm's own keys in the file: version, type, model extras and, from a quantized
+    checkpoint, where its blocks came from (scheme, method, group size, calibration)."""
+    extra: dict[str, str | list[str]] = {
+        "tinyllm.version": __version__,
+        "tinyllm.type": type_name,
+        "tinyllm.extra": json.dumps(config.extra, sort_keys=True),
+    }
+    if info is not None:
+        extra["tinyllm.quantization"] = json.dumps({k: v for k, v in info.items() if k != "tensors"}, sort_keys=True)
+    if fallbacks:
+        extra["tinyllm.fallback"] = fallbacks
+    return extra
+
+
 # How to get a GGML type that a quantized checkpoint does not hold: its tinyllm-quantize arguments.
-QUANTIZE_ARGS = {"q8_0": "int8", "q4_0": "int4", "q4_1": "int4 --asym"}
+QUANTIZE_ARGS = {"q8_0": "int8", "q4_0": "int4", "q4_1": "int4 --asym",
+                 **{k: k for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")}}
+MIXED = "mixed"  # the format of an `auto` checkpoint: every tensor has its own type
 
 
 def read_quantized(checkpoint: Path, info: dict) -> tuple[ModelConfig, Tokenizer, dict[str, np.ndarray],
-                                                          dict[str, QuantizedWeight]]:
-    """A quantized checkpoint's config, tokenizer, float tensors and stored blocks (our module names),
-    read as stored: no model is built and no weight is dequantized."""
+                                                          dict[str, QuantizedWeight | KQuantWeight]]:
+    """A quantized checkpoint's config, tokenizer, float tensors (float16 ones kept so) and stored
+    blocks (our module names), read as stored: no model is built and no weight is dequantized."""
     checkpoint = check_checkpoint_dir(checkpoint)
     config = ModelConfig.load(checkpoint / CONFIG_FILE)
     stored = read_tensors(checkpoint / WEIGHTS_FILE)
     quantized = stored_blocks(checkpoint, config, info, stored)
-    floats = {k: v.float().numpy() for k, v in from_hf_names(stored).items()
-              if not k.endswith((".codes", ".scales", ".mins"))}
+    floats = {k: (v if v.dtype == torch.float16 else v.float()).numpy() for k, v in from_hf_names(stored).items()
+              if not k.endswith(STORED_PARTS)}
     missing = [ours for ours in gguf_names(config) if ours not in quantized and ours not in floats]
     if missing:
         raise TinyLLMError(f"{checkpoint / WEIGHTS_FILE}: lacks {', '.join(missing[:4])}; the quantized "
@@ -296,23 +353,37 @@ def read_quantized(checkpoint: Path, info: dict) -> tuple[ModelConfig, Tokenizer
 def _quantized_type(checkpoint: Path, info: dict, type_name: str | None) -> str:
     """The --type a quantized checkpoint exports as: its own format; another one is refused with the way to it."""
     own = str(info.get("format", "")).lower()
-    if own not in QUANTIZE_ARGS:
+    if own not in QUANTIZE_ARGS and own != MIXED:
         raise TinyLLMError(f"{checkpoint}: quantization format {own or 'missing'!r} in config.json is not one of "
-                           f"{', '.join(QUANTIZE_ARGS)}; the quantized checkpoint is damaged")
+                           f"{', '.join([*QUANTIZE_ARGS, MIXED])}; the quantized checkpoint is damaged")
     if type_name is not None and type_name != own:
+        held = f"{own} ({info.get('scheme')}: a type per tensor)" if own == MIXED else own
         how = (f", or quantize that one with `tinyllm quantize {QUANTIZE_ARGS[type_name]}` and export the result"
                if type_name in QUANTIZE_ARGS else "")
-        raise TinyLLMError(f"--type {type_name}: {checkpoint} is a quantized checkpoint of {own} blocks, which "
-                           f"export as {own} only (never quantized twice); for {type_name}, export the float32 "
+        raise TinyLLMError(f"--type {type_name}: {checkpoint} is a quantized checkpoint of {held} blocks, which "
+                           f"export as such only (never quantized twice); for {type_name}, export the float32 "
                            f"checkpoint it was made from with --type {type_name}{how}")
     return own
+
+
+def file_type(type_name: str, tensors: list[GGUFTensor]) -> LlamaFileType:
+    """general.file_type: the --type's, or for a mixed checkpoint that of the type most weights have
+    (llama.cpp only reports it)."""
+    if type_name in TYPES:
+        return TYPES[type_name][1]
+    weights: dict[GGMLQuantizationType, int] = {}
+    for tensor in tensors:
+        if tensor.data.ndim == 2:
+            weights[tensor.qtype] = weights.get(tensor.qtype, 0) + tensor.data.shape[0]
+    dominant = max(weights, key=weights.get)
+    return next(ftype for qtype, ftype in TYPES.values() if qtype == dominant)
 
 
 def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None = None,
                 allow_fallback: bool = False, force: bool = False,
                 log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Export a checkpoint directory to `out`: a float32 one as `type_name` (default f32), a
-    quantized one as its own GGML type (its blocks copied).
+    quantized one as its own GGML type(s) (its blocks copied).
 
     Returns a summary: path, type, bytes, tensors by GGML type, fallbacks taken."""
     checkpoint, out = Path(checkpoint), Path(out)
@@ -344,17 +415,8 @@ def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None =
         tensors = [GGUFTensor(name, types[name], encode(array, types[name]))
                    for name, array in tqdm(arrays.items(), desc=f"encoding {type_name}", unit="tensor",
                                            file=sys.stderr, leave=False, disable=not progress)]
-    extra: dict[str, str | list[str]] = {
-        "tinyllm.version": __version__,
-        "tinyllm.type": type_name,
-        "tinyllm.extra": json.dumps(config.extra, sort_keys=True),
-    }
-    if info is not None:
-        # Where the blocks came from: the quantized checkpoint's scheme, method, group size, calibration.
-        extra["tinyllm.quantization"] = json.dumps({k: v for k, v in info.items() if k != "tensors"}, sort_keys=True)
-    if fallbacks:
-        extra["tinyllm.fallback"] = fallbacks
-    write_gguf(out, config, tokenizer, tensors, TYPES[type_name][1], checkpoint.resolve().name, extra)
+    extra = export_metadata(config, type_name, info, fallbacks)
+    write_gguf(out, config, tokenizer, tensors, file_type(type_name, tensors), checkpoint.resolve().name, extra)
     counts: dict[str, int] = {}
     for tensor in tensors:
         counts[tensor.qtype.name] = counts.get(tensor.qtype.name, 0) + 1
@@ -367,8 +429,8 @@ def export_gguf(checkpoint: str | Path, out: str | Path, type_name: str | None =
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The .gguf file to write.")
 @click.option("--type", "type_name", default=None, metavar="TYPE",
               help=f"Tensor type, one of {', '.join(TYPES)}  [default: f32; for a quantized checkpoint its own "
-                   "type, q8_0/q4_0/q4_1, the only one it exports as]. q4_k/q5_k/q6_k need rows that are "
-                   "multiples of 256; q4_k_m is llama.cpp's Q4_K/Q6_K mixture.")
+                   "type(s), the only one it exports as]. q2_k…q6_k need rows that are multiples of 256; "
+                   "q4_k_m is llama.cpp's Q4_K/Q6_K mixture.")
 @click.option("--allow-fallback", is_flag=True,
               help="Write tensors whose rows do not split into the type's blocks in the nearest type that "
                    "fits (printed, and recorded under tinyllm.fallback) instead of failing.")
@@ -377,7 +439,8 @@ def gguf_command(checkpoint, out, type_name, allow_fallback, force):
     """Write CHECKPOINT (a float32 or a tinyllm-quantize checkpoint directory) as a GGUF file for llama.cpp.
 
     A quantized checkpoint's blocks are copied as they are (int8 -> q8_0, int4 -> q4_0,
-    int4 --asym -> q4_1; tensors it kept in float -> F32), never quantized a second time.
+    int4 --asym -> q4_1, q2_k…q6_k -> themselves, auto -> each tensor's own type; tensors it kept
+    in float -> F32, or F16 where it chose float16), never quantized a second time.
     """
     summary = export_gguf(checkpoint, out, type_name, allow_fallback, force, log=click.echo)
     types = ", ".join(f"{n} {t}" for t, n in sorted(summary["tensor_types"].items()))

@@ -37,8 +37,8 @@ from tqdm import tqdm
 from export.onnx_fused import fused_graph, fused_graph_problem
 from export.onnx_graph import (ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY,
                                PRESENT_VALUE, export_graph, matmul_weights, save_model)
-from export.onnx_quant import (INT4_BLOCK, NBitsBlocks, QuantizedCheckpoint, dequantized_weights, int4_weights,
-                               quantize_int8, read_quantized_checkpoint, write_matmul_nbits)
+from export.onnx_quant import (INT4_BLOCK, NBITS_FORMATS, NBitsBlocks, QuantizedCheckpoint, dequantized_weights,
+                               int4_weights, quantize_int8, read_quantized_checkpoint, write_matmul_nbits)
 from quantize.checkpoint import quantization_info
 from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, load_checkpoint, to_hf_names
 from tinyllm.cli_support import Command
@@ -129,6 +129,13 @@ def checkpoint_quant(checkpoint: Path, quant: str | None, info: dict | None) -> 
     if info is None:
         return "none" if quant is None else quant
     own = str(info.get("scheme", "")).split("-")[0]  # int4-asym is exported as int4 too
+    formats = sorted({str(e.get("format")) for e in info.get("tensors", {}).values()} - set(NBITS_FORMATS))
+    if own not in ("int8", "int4") or formats:
+        raise TinyLLMError(
+            f"{checkpoint}: its {', '.join(formats) or info.get('format')} tensors have no onnxruntime MatMulNBits "
+            f"form (it holds {'/'.join(NBITS_FORMATS)} blocks: 4 or 8 bits, one float scale per group), so it "
+            f"cannot be exported to ONNX unchanged; export it to GGUF (`tinyllm-export gguf {checkpoint} -o "
+            "model.gguf`), or for ONNX quantize the float32 checkpoint with int4 or int8")
     if quant is None or quant == own:
         return own
     if quant not in QUANTS:

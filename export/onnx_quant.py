@@ -42,6 +42,9 @@ from tinyllm.tokenizer import Tokenizer
 
 INT4_BLOCK = 32
 MS_DOMAIN = "com.microsoft"
+# The quantized checkpoints' formats `checkpoint_blocks` writes into MatMulNBits (the K-quants'
+# 2-6-bit codes under quantized sub-block scales have no such form).
+NBITS_FORMATS = ("q8_0", "q4_0", "q4_1")
 
 
 @dataclass

@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from quantize import native
+from quantize.kquant_linear import KQuantLinear
+from quantize.kquants import KQuantWeight
 from quantize.rtn import store
 from quantize.schemes import QuantizedWeight, Scheme, make_scheme, unpack_int4
 from tinyllm.config import ModelConfig
@@ -192,7 +194,9 @@ class QuantizedTransformer(Transformer):
         shape) or one of PATHS, taken by every matrix it fits."""
         super().__init__(config)
 
-        def linear(qw: QuantizedWeight) -> QuantLinear:
+        def linear(qw: QuantizedWeight | KQuantWeight) -> QuantLinear | KQuantLinear:
+            if isinstance(qw, KQuantWeight):
+                return KQuantLinear(qw)
             # A forced path runs where it fits; the other matrices take the dequant path.
             return QuantLinear(qw, path if path == "auto" or fits(path, qw.scheme, qw.shape[0]) else "dequant")
 
@@ -207,7 +211,7 @@ class QuantizedTransformer(Transformer):
             if config.tie_embeddings:
                 self.lm_head = table
         missing, unexpected = self.load_state_dict(floats, strict=False)
-        buffers = ("codes", "centred", "scales", "mins", "packed", "scale_zeros")
+        buffers = ("codes", "centred", "scales", "mins", "packed", "scale_zeros", "steps", "offsets")
         tied_head = ["lm_head.weight"] if config.tie_embeddings else []
         left = [m for m in missing if not m.endswith(buffers) and m not in tied_head]
         if left or unexpected:
@@ -226,7 +230,7 @@ class QuantizedTransformer(Transformer):
         """How many quantized matrices run on each path (what `describe()` reports)."""
         counts: dict[str, int] = {}
         for module in self.modules():
-            if isinstance(module, QuantLinear):
+            if isinstance(module, (QuantLinear, KQuantLinear)):
                 key = f"{module.scheme.ggml_type}:{module.path}"
                 counts[key] = counts.get(key, 0) + 1
         return counts

@@ -7,13 +7,16 @@ are bit-identical to what `gguf.quants.quantize` (and so llama.cpp's converter) 
     q4_1  d = (max x - min x) / 15, m = min  c = min(15, trunc((x - m) / d + 0.5))
 
 `group_params` and `encode` are shared with the calibrated method, which picks codes column by
-column against the same grid.
+column against the same grid. The K-quants' round to nearest is llama.cpp's quantize_row_qX_K_ref
+(quantize/kquant_search.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from quantize.kquant_search import quantize_k
+from quantize.kquants import KQuantWeight, KScheme
 from quantize.schemes import QuantizedWeight, Scheme, pack_int4
 
 
@@ -52,8 +55,10 @@ def store(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, scheme: 
                            m.to(torch.float16) if m is not None else None)
 
 
-def quantize_rtn(weight: torch.Tensor, scheme: Scheme) -> QuantizedWeight:
+def quantize_rtn(weight: torch.Tensor, scheme: Scheme | KScheme) -> QuantizedWeight | KQuantWeight:
     """Round-to-nearest quantization of a float matrix [N, K] (K a multiple of the group size)."""
+    if isinstance(scheme, KScheme):
+        return quantize_k(weight, scheme.layout)
     n, k = weight.shape
     groups = weight.detach().float().reshape(n, k // scheme.group_size, scheme.group_size)
     d, m = group_params(groups, scheme)

@@ -14,6 +14,9 @@ are a `block_q4_0` byte for byte (`ggml_blocks`). A group of 64 or 128 is severa
 sharing one scale, which GGML stores by repeating it. MatMulNBits packs consecutive pairs
 instead (value 2i low, 2i+1 high); `matmul_nbits` re-orders the nibbles of symmetric int4,
 nothing else.
+
+The K-quants (q2_k … q6_k, 256-value super-blocks) live in quantize/kquants.py; `make_scheme`,
+`scheme_from_dict` and `weight_from_tensors` take either family.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from quantize.kquants import LAYOUTS, KQuantWeight, KScheme
 from tinyllm.errors import TinyLLMError
 
 GGML_BLOCK = 32  # every GGML type used here packs 32 values per block
 GROUP_SIZES = (32, 64, 128)  # what GGML (by repeating scales), MatMulNBits and torch's int4 kernel all take
+# The schemes `tinyllm-quantize` takes: int8 = q8_0, int4 = q4_0 (--asym: q4_1), and the K-quants.
+SCHEME_NAMES = ("int8", "int4", *LAYOUTS)
+# Suffixes of the stored parts of a quantized tensor (anything else in the safetensors is float).
+STORED_PARTS = (".codes", ".scales", ".mins", ".d", ".dmin")
 
 
 @dataclass(frozen=True)
@@ -65,15 +73,40 @@ class Scheme:
                 "tinyllm preset)")
 
 
-def make_scheme(name: str, asym: bool = False, group_size: int = 32) -> Scheme:
-    if name not in ("int8", "int4"):
-        raise TinyLLMError(f"unknown scheme {name!r}; choose int8 or int4")
+def make_scheme(name: str, asym: bool = False, group_size: int = 32) -> Scheme | KScheme:
+    if name not in SCHEME_NAMES:
+        raise TinyLLMError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEME_NAMES)}")
+    if name in LAYOUTS:
+        if asym or group_size != 32:
+            raise TinyLLMError(f"--asym and --group-size apply to int4/int8 only: {name}'s super-blocks fix their "
+                               "own sub-blocks and minimums (GGML's layout)")
+        return KScheme(name)
     if asym and name == "int8":
         raise TinyLLMError("--asym applies to int4 only (int8 is GGML q8_0, symmetric)")
     if group_size not in GROUP_SIZES:
         raise TinyLLMError(f"--group-size {group_size}: choose one of {', '.join(map(str, GROUP_SIZES))} "
                            "(the sizes GGML, onnxruntime MatMulNBits and PyTorch's int4 kernel all accept)")
     return Scheme(bits=int(name[3:]), asym=asym, group_size=group_size)
+
+
+def format_scheme(fmt: str) -> Scheme | KScheme:
+    """The scheme that writes GGML type `fmt` (q8_0, q4_0, q4_1, q2_k … q6_k) in 32-wide groups."""
+    if fmt in LAYOUTS:
+        return KScheme(fmt)
+    return {"q8_0": Scheme(8), "q4_0": Scheme(4), "q4_1": Scheme(4, asym=True)}[fmt]
+
+
+def scheme_from_dict(d: dict, where: str = "config.json") -> Scheme | KScheme:
+    """A per-tensor entry of config.json's quantization section, of either family."""
+    if isinstance(d, dict) and d.get("format") in LAYOUTS:
+        return KScheme(d["format"])
+    return Scheme.from_dict(d, where)
+
+
+def weight_from_tensors(scheme: Scheme | KScheme, name: str, tensors: dict[str, torch.Tensor],
+                        shape: tuple[int, int], where: str) -> "QuantizedWeight | KQuantWeight":
+    cls = KQuantWeight if isinstance(scheme, KScheme) else QuantizedWeight
+    return cls.from_tensors(scheme, name, tensors, shape, where)
 
 
 @dataclass
@@ -115,6 +148,10 @@ class QuantizedWeight:
         if mins is not None:
             w = w + mins.float().unsqueeze(-1)
         return w.view(*lead, k)
+
+    def blocks(self) -> np.ndarray:
+        """The GGUF tensor data (`ggml_blocks`)."""
+        return ggml_blocks(self)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         """The safetensors entries of this weight under `name` (the float tensor's own name)."""

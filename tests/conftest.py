@@ -46,6 +46,15 @@ def trained_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def k_checkpoint(tmp_path_factory):
+    """The `test` preset at d_model 256 and d_ff 512 (every matrix splits into K-quant super-blocks),
+    trained as `trained_checkpoint` is."""
+    out = tmp_path_factory.mktemp("kckpt") / "run"
+    Trainer(preset("test").replace(d_model=256, d_ff=512), tiny_train_config(), out, quiet=True).run()
+    return out
+
+
+@pytest.fixture(scope="session")
 def llama_cpp():
     """llama.cpp's own tools (`make test` builds them first): skip locally, fail in CI when missing."""
     from tinyllm.errors import TinyLLMError
@@ -90,3 +99,28 @@ def onnx_model_dir(trained_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx-genai") / "model"
     export_onnx(trained_checkpoint, out, log=lambda line: None)
     return out
+
+
+def validation_chunks(checkpoint, chunks: int = 8):
+    """The checkpoint's validation text as tokens [chunks, n_ctx], for comparing models' logits."""
+    import torch
+
+    from tinyllm.dataset import load_splits
+    from tinyllm.evaluate import plain_text, recorded_spec
+    from tinyllm.runtime import load_runtime
+
+    runtime = load_runtime(checkpoint)
+    tokens = runtime.tokenizer.encode(plain_text(load_splits(recorded_spec(runtime))[1]), parse_special=False)
+    chunks = min(chunks, len(tokens) // runtime.n_ctx)
+    return torch.tensor(tokens[:chunks * runtime.n_ctx]).view(chunks, runtime.n_ctx)
+
+
+def mean_kld(reference, model, ids) -> float:
+    """Mean KL(reference || model) of the next-token distributions over `ids` [chunks, n_ctx]: how
+    quantization is judged, since on easy text a lossy model's perplexity can come out lower."""
+    import torch
+
+    with torch.inference_mode():
+        p = torch.log_softmax(reference(ids).double(), -1)
+        q = torch.log_softmax(model(ids).double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())

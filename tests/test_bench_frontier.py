@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tinyllm.bench.artifacts import Artifacts
-from tinyllm.bench.formats import FORMATS, INTERMEDIATES, Format, check_bounds, check_inputs, target_of
+from tinyllm.bench.formats import (FORMATS, GROUPS, INTERMEDIATES, LLAMA_QUANTIZE_TYPES, Format, check_bounds,
+                                   check_inputs, parse_formats, target_of)
 from tinyllm.bench.frontier import dominates, goal_line, goal_summary, pareto_front
 from tinyllm.bench.report import markdown_report, plot, terminal_table
 from tinyllm.errors import TinyLLMError
@@ -175,3 +176,13 @@ def test_a_row_off_its_target_is_flagged(monkeypatch):
     rows = {"torch-f32": {"ppl": 2.0}, "ckpt": {"ppl": 2.01, "bits_per_weight": 8.5, "target_bpw": 8.76}}
     check_bounds(rows)
     assert rows["ckpt"]["flags"] == [] and "within ±2%" not in rows["ckpt"]["bound"]["text"]
+
+
+def test_format_groups_split_all_into_core_and_the_sizes_sweep():
+    core, sizes = (set(GROUPS[g]) for g in ("core", "sizes"))
+    assert not core & sizes and core | sizes == set(FORMATS)
+    for t in LLAMA_QUANTIZE_TYPES:
+        assert {f"gguf-{t.lower()}-imatrix", f"gguf-{t.lower()}-llama-quantize", f"gguf-auto-{t.lower()}"} <= sizes
+    assert [f.name for f in parse_formats("torch-f32,sizes,torch-f32")][:2] == ["torch-f32", "gguf-q2_k-llama-quantize"]
+    with pytest.raises(TinyLLMError, match="unknown format gguf-q9"):
+        parse_formats("core,gguf-q9")

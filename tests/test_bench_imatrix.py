@@ -1,8 +1,9 @@
 """The bench's llama.cpp reference at its best: llama-imatrix over the calibration text, then
 llama-quantize with and without it at Q2_K…Q6_K, and rows sized by another row's bits per weight.
 
-The model is the test preset widened to d_model 256, d_ff 512, so that every matrix splits into
-256-wide super-blocks and llama-quantize writes the K-quants themselves, not its 32-block fallback.
+The model is conftest's `k_checkpoint`, the test preset widened to d_model 256, d_ff 512, so that
+every matrix splits into 256-wide super-blocks and llama-quantize writes the K-quants themselves,
+not its 32-block fallback.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ from click.testing import CliRunner
 
 from tinyllm.bench.cli import main as bench_main
 from tinyllm.bench.formats import FORMATS, LLAMA_QUANTIZE_TYPES, Format
-from tinyllm.config import preset
-from tinyllm.train import Trainer
-
-from conftest import tiny_train_config
+from quantize.checkpoint import quantization_info
 
 KQUANT_ROWS = [f"gguf-{t.lower()}-{kind}" for t in LLAMA_QUANTIZE_TYPES for kind in ("llama-quantize", "imatrix")]
 # Sized rows made by today's makers: a verbatim copy of torch-int8 sized to gguf-q8_0 (the same
@@ -33,21 +31,13 @@ FAST = ["--warmup", "0", "--repeats", "1", "--prompt-tokens", "8", "--decode-tok
 
 
 @pytest.fixture(scope="module")
-def wide_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wide") / "run"
-    config = preset("test").replace(d_model=256, d_ff=512)
-    Trainer(config, tiny_train_config(steps=30), out, quiet=True).run()
-    return out
-
-
-@pytest.fixture(scope="module")
-def bench(wide_checkpoint, llama_cpp, tmp_path_factory):
+def bench(k_checkpoint, llama_cpp, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-imatrix")
     names = ["torch-f32", "gguf-f32", *KQUANT_ROWS, *SIZED]
     with pytest.MonkeyPatch.context() as patch:  # the sized rows are this test's own table entries
         for name, fmt in SIZED.items():
             patch.setitem(FORMATS, name, fmt)
-        result = CliRunner().invoke(bench_main, [str(wide_checkpoint), "--formats", ",".join(names), "--out",
+        result = CliRunner().invoke(bench_main, [str(k_checkpoint), "--formats", ",".join(names), "--out",
                                                  str(out), "--strict", *FAST])
     results = json.loads((out / "results.json").read_text())
     return out, results, {r["format"]: r for r in results["rows"]}, result
@@ -127,3 +117,35 @@ def test_rows_sized_by_another_row(bench):
     assert off_target["target_bpw"] == pytest.approx(target)
     assert [f for f in off_target["flags"] if "off its target" in f and "gguf-q8_0's" in f]
     assert np.isclose(off_target["bits_per_weight"] / target, 0.5, atol=0.1)
+
+
+TINYLLM_ROWS = ["gguf-auto-q4_k_m", "gguf-auto-q6_k"]
+
+
+@pytest.fixture(scope="module")
+def tinyllm_bench(bench, k_checkpoint):
+    """tinyllm's own rows at the imatrix sizes, benched into the same directory (the reference
+    files, the imatrix and the calibration text are found there, not made again)."""
+    out = bench[0]
+    result = CliRunner().invoke(bench_main, [str(k_checkpoint), "--formats", ",".join(TINYLLM_ROWS), "--out",
+                                             str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    rows = {r["format"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    return out, rows, result.output
+
+
+def test_auto_rows_land_on_the_imatrix_files_size_from_one_measurement(tinyllm_bench):
+    out, rows, output = tinyllm_bench
+    assert "making imatrix" not in output and "making gguf-q4_k_m-imatrix" not in output  # reused
+    for name, target in (("gguf-auto-q4_k_m", "gguf-q4_k_m-imatrix"), ("gguf-auto-q6_k", "gguf-q6_k-imatrix")):
+        row = rows[name]
+        assert row["error"] is None and row["bound"]["ok"], row["flags"]
+        directory, _ = _record(out, target)
+        n_params = json.loads((out / "results.json").read_text())["n_params"]
+        assert row["target_bpw"] == pytest.approx(8 * (directory / "model.gguf").stat().st_size / n_params)
+        assert row["bits_per_weight"] == pytest.approx(row["target_bpw"], rel=0.02)
+    # the second size was planned from the first one's per-tensor divergences, not measured again
+    infos = [quantization_info(_record(out, f"torch-auto-{t}")[0]) for t in ("q4_k_m", "q6_k")]
+    assert [i["bpw"] for i in infos] == sorted(i["bpw"] for i in infos)
+    first, second = ({k: e["kl_divergence"] for k, e in i["tensors"].items()} for i in infos)
+    assert first == second

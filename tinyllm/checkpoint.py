@@ -12,6 +12,7 @@ directory are replaced file by file, atomically.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -28,7 +29,24 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+_CHUNK = 1 << 20
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+
+
+def digest_files(paths: list[Path], h: "hashlib._Hash") -> None:
+    """Feed each file's name and bytes to `h`."""
+    for path in paths:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(_CHUNK):
+                h.update(block)
+
+
+def checkpoint_digest(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's config, weights and tokenizer: which model this is."""
+    h = hashlib.sha256()
+    digest_files([checkpoint / CONFIG_FILE, checkpoint / WEIGHTS_FILE, checkpoint / TOKENIZER_FILE], h)
+    return h.hexdigest()
 
 
 def to_hf_names(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from typing import Callable
 import export
 import quantize
 from tinyllm.bench.formats import Format, lookup, target_of
-from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, checkpoint_digest, digest_files
 from tinyllm.config import ModelConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.fileio import atomic_directory, atomic_write_text
@@ -39,21 +39,6 @@ GGUF_FILE = "model.gguf"
 # The file each maker writes inside its directory; a directory maker (quantize, onnx) has none.
 TARGET_FILES = {"gguf": GGUF_FILE, "llama-quantize": GGUF_FILE, "llama-imatrix": "imatrix.gguf",
                 "calibration-text": "calibration.txt"}
-_CHUNK = 1 << 20
-
-
-def _digest_files(paths: list[Path], h: "hashlib._Hash") -> None:
-    for path in paths:
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while block := f.read(_CHUNK):
-                h.update(block)
-
-
-def checkpoint_digest(checkpoint: Path) -> str:
-    h = hashlib.sha256()
-    _digest_files([checkpoint / CONFIG_FILE, checkpoint / WEIGHTS_FILE, checkpoint / TOKENIZER_FILE], h)
-    return h.hexdigest()
 
 
 def code_digest() -> str:
@@ -61,7 +46,7 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for package in (quantize, export):
         root = Path(package.__file__).parent
-        _digest_files(sorted(root.glob("*.py")), h)
+        digest_files(sorted(root.glob("*.py")), h)
     return h.hexdigest()
 
 
@@ -167,6 +152,8 @@ class Artifacts:
             from quantize.quantizer import quantize_checkpoint
 
             sized = {} if target_bpw is None or not fmt.params.get("target_bpw_of") else {"target_bpw": target_bpw}
+            if fmt.params["scheme"] == "auto":
+                sized["sensitivity_from"] = self._sensitivity(fmt)
             report = quantize_checkpoint(source, target, fmt.params["scheme"], method=fmt.params["method"],
                                          calib_tokens=self.calib_tokens, force=True, **sized)
             return report["seconds"], {}  # the quantization itself, not reading and writing
@@ -193,6 +180,15 @@ class Artifacts:
             if proc.returncode != 0:
                 raise _tool_failure(f"llama-quantize {fmt.params['type']}", proc)
         return None, {}
+
+    def _sensitivity(self, fmt: Format) -> Path | None:
+        """An auto row already made this run by the same method: its per-tensor divergences plan
+        this size too (they depend on the model, method and calibration text, not on the size)."""
+        for made in self._made.values():
+            if made.format.make == "quantize" and made.format.params.get("scheme") == "auto" \
+                    and made.format.params.get("method") == fmt.params["method"]:
+                return made.path
+        return None
 
     def _calibration_text(self, target: Path) -> dict:
         """The GPTQ rows' calibration tokens as text that tokenizes back to them (checked here)."""

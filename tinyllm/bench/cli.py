@@ -15,7 +15,9 @@ from tinyllm.cli_support import Command
 @click.command("bench", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--formats", "formats_spec", default="all", show_default=True, metavar="LIST",
-              help=f"Comma-separated formats, or all: {', '.join(FORMATS)}. torch-f32, the reference, always runs.")
+              help=f"Comma-separated formats and groups: all, core (all but the sizes sweep), sizes (llama.cpp + "
+                   f"imatrix at Q2_K…Q6_K and tinyllm's files at those sizes); formats: {', '.join(FORMATS)}. "
+                   "torch-f32, the reference, always runs.")
 @click.option("--data", default="validation", show_default=True,
               help="'validation' (the checkpoint's own validation split) or a UTF-8 text file.")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=4), default=None,

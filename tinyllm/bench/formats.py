@@ -116,17 +116,36 @@ def _formats() -> dict[str, Format]:
         Format("gguf-q4_0-llama-quantize", "llama.cpp", "llama-quantize", "gguf-f32", {"type": "Q4_0"}, 5.0,
                what="llama.cpp's llama-quantize Q4_0 of gguf-f32"),
     ]
-    for type_name, ceiling in LLAMA_QUANTIZE_TYPES.items():
+    for type_name, ceiling in LLAMA_QUANTIZE_TYPES.items():  # the sizes sweep (SIZES below)
         rows.append(Format(f"gguf-{type_name.lower()}-llama-quantize", "llama.cpp", "llama-quantize", "gguf-f32",
                            {"type": type_name}, ceiling, what=f"llama.cpp's llama-quantize {type_name} of gguf-f32"))
         rows.append(Format(f"gguf-{type_name.lower()}-imatrix", "llama.cpp", "llama-quantize", "gguf-f32",
                            {"type": type_name, "imatrix": True}, ceiling,
                            what=f"llama-quantize {type_name} of gguf-f32 with llama-imatrix's importance matrix "
                                 "from the calibration text"))
+        # tinyllm's calibrated answers at each of those sizes: one K scheme throughout, and a mix
+        # of types chosen for exactly the imatrix file's bits per weight.
+        scheme, low = type_name.split("_")[0].lower() + "_k", type_name.lower()
+        rows.append(Format(f"torch-{scheme}-gptq", "torch", "quantize", None, {"scheme": scheme, "method": "gptq"},
+                           ceiling, what=f"{scheme} super-blocks (every matrix), GPTQ-calibrated on the training split"))
+        rows.append(Format(f"gguf-{scheme}-gptq", "llama.cpp", "gguf", f"torch-{scheme}-gptq", max_delta_pct=ceiling,
+                           same_as=f"torch-{scheme}-gptq", what=f"torch-{scheme}-gptq's blocks, copied"))
+        rows.append(Format(f"torch-auto-{low}", "torch", "quantize", None,
+                           {"scheme": "auto", "method": "gptq", "target_bpw_of": f"gguf-{low}-imatrix"}, ceiling,
+                           what=f"auto: each tensor's type chosen by measured KLD for gguf-{low}-imatrix's size, GPTQ"))
+        rows.append(Format(f"gguf-auto-{low}", "llama.cpp", "gguf", f"torch-auto-{low}", max_delta_pct=ceiling,
+                           same_as=f"torch-auto-{low}", what=f"torch-auto-{low}'s blocks, copied"))
     return {f.name: f for f in rows}
 
 
 FORMATS = _formats()
+# `--formats sizes`: llama.cpp at its best at Q2_K…Q6_K (with and without an imatrix) and tinyllm's
+# calibrated files at those sizes: the quantization comparison, best made on real text
+# (docs/quantization.md). `--formats core` is every other row: what `make demo` benches.
+SIZES = tuple(n for n in FORMATS if any(n.startswith(p) for p in (
+    *(f"gguf-{t.lower()}-" for t in LLAMA_QUANTIZE_TYPES), "torch-auto-", "gguf-auto-",
+    *(f"{r}-{t.split('_')[0].lower()}_k-gptq" for t in LLAMA_QUANTIZE_TYPES for r in ("torch", "gguf")))))
+GROUPS = {"all": tuple(FORMATS), "core": tuple(n for n in FORMATS if n not in SIZES), "sizes": SIZES}
 # Artifacts that rows are made from but that are not measured themselves.
 INTERMEDIATES = {f.name: f for f in (
     Format("calibration-text", "text", "calibration-text", None,
@@ -167,15 +186,16 @@ check_inputs(FORMATS)
 
 
 def parse_formats(spec: str) -> list[Format]:
-    """'all' or a comma-separated list of names, in the order given (duplicates dropped)."""
+    """A comma-separated list of names and groups (all, core, sizes), in the order given
+    (duplicates dropped)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
-        raise TinyLLMError("--formats is empty; give 'all' or names such as torch-f32,gguf-q4_0")
-    if "all" in names:
-        return list(FORMATS.values())
+        raise TinyLLMError("--formats is empty; give all, core, sizes or names such as torch-f32,gguf-q4_0")
+    names = [m for n in names for m in GROUPS.get(n, (n,))]
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
-        raise TinyLLMError(f"--formats: unknown format {', '.join(unknown)}; choose from all, {', '.join(FORMATS)}")
+        raise TinyLLMError(f"--formats: unknown format {', '.join(unknown)}; choose from "
+                           f"{', '.join(GROUPS)}, {', '.join(FORMATS)}")
     return [FORMATS[n] for n in dict.fromkeys(names)]
 
 
