@@ -15,6 +15,13 @@ building at once each get a whole file. It is threaded with OpenMP only when tor
 libgomp, and then linked against the very libgomp torch loaded, so that both share one thread pool
 instead of two pools of spinning threads fighting over the cores. No compiler, or a failed build,
 is not an error: `load()` returns None, `status()` says why, and the modules use torch's paths.
+
+How a compiled graph calls it: `matmul` is also the torch operator `tinyllm::native_matmul`
+(torch.library, with a fake implementation that only gives the output's shape), so that
+torch.compile captures a quantized model's decode step whole, calling the kernel as one op per
+matrix instead of breaking the graph at every quantized matmul. The op takes the module's
+tensors, not a ctypes descriptor: a graph holds tensors, and the FX graph cache can then reuse a
+graph compiled in another process (whose descriptors live at other addresses).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from tinyllm.fileio import user_cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC")
@@ -53,17 +62,6 @@ class Kernel:
     path: Path
     isa: str
     single_threaded: str  # why it was built without OpenMP, or "" when it shares torch's libgomp
-
-    def matrix(self, fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
-               n: int, k: int, group: int) -> Matrix:
-        """The descriptor for one matrix; the caller keeps the tensors alive (and in place) while
-        using it. ValueError where they are not what kernels.c reads."""
-        for t in (codes, scales) + ((mins,) if mins is not None else ()):
-            if not t.is_cpu or not t.is_contiguous() or \
-                    (t.element_size() != 1 if t is codes else t.dtype != torch.float32):
-                raise ValueError("the native kernel reads contiguous CPU byte codes and float32 scales/minimums")
-        return Matrix(FORMATS[fmt], group, n, k, codes.data_ptr(), scales.data_ptr(),
-                      mins.data_ptr() if mins is not None else None)
 
     def describe(self) -> str:
         threads = f"single-threaded: {self.single_threaded}" if self.single_threaded else "OpenMP on torch's libgomp"
@@ -103,8 +101,7 @@ def _cpu_id() -> str:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinyllm" / "kernels"
+    return user_cache_dir("kernels")
 
 
 def _compile(cc: list[str], flags: tuple[str, ...], gomp: Path | None) -> tuple[Path | None, str]:
@@ -176,6 +173,46 @@ def check(code: int) -> None:
     if code:
         raise MemoryError("native kernel: out of memory") if code == -2 else \
             RuntimeError(f"native kernel: bad matrix descriptor (code {code})")
+
+
+@lru_cache(maxsize=4096)
+def _descriptor(fmt: str, group: int, n: int, k: int, codes: int, scales: int, mins: int | None) -> Matrix:
+    # Keyed on everything the descriptor holds: a hit is exactly the descriptor a fresh one would
+    # be, even where freed buffers' addresses were reused. Made once, a call stays one C call.
+    return Matrix(FORMATS[fmt], group, n, k, codes, scales, mins)
+
+
+def descriptor(fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group: int) -> Matrix:
+    """The descriptor of W [N, K] held as QuantLinear holds it (scales [N, K/group, 1], contiguous
+    CPU tensors, float32 scales: the caller checks); it must keep them alive while the kernel runs."""
+    n, k = scales.shape[0], scales.shape[1] * group
+    return _descriptor(fmt, group, n, k, codes.data_ptr(), scales.data_ptr(),
+                       mins.data_ptr() if mins is not None else None)
+
+
+def matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
+           fmt: str, group: int) -> torch.Tensor:
+    """y = x W^T for float32 x [..., K] (contiguous, a few rows) on W's codes: tl_matmul."""
+    y = x.new_empty(*x.shape[:-1], scales.shape[0])
+    check(load().lib.tl_matmul(descriptor(fmt, codes, scales, mins, group), x.data_ptr(), y.data_ptr(),
+                               x.numel() // x.shape[-1], torch.get_num_threads()))
+    return y
+
+
+# The same function as the operator a compiled graph calls (see the module docstring); eager
+# code calls `matmul` itself, without the dispatcher's few microseconds.
+matmul_op = torch.library.custom_op("tinyllm::native_matmul", matmul, mutates_args=())
+matmul_op.register_fake(lambda x, codes, scales, mins, fmt, group: x.new_empty(*x.shape[:-1], scales.shape[0]))
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, fmt: str,
+               group: int) -> torch.Tensor:
+    """W [N, K] in float32: tl_dequantize (what longer calls hand to BLAS)."""
+    n, k = scales.shape[0], scales.shape[1] * group
+    w = scales.new_empty((n, k))
+    check(load().lib.tl_dequantize(descriptor(fmt, codes, scales, mins, group), w.data_ptr(),
+                                   torch.get_num_threads()))
+    return w
 
 
 def report() -> str:
