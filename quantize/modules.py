@@ -106,7 +106,7 @@ class QuantLinear(nn.Module):
         # Decode calls this ~30 times a token: the native branch keeps to the cheapest torch calls,
         # and in a compiled graph it is one op (a traced ctypes call would break the graph).
         if x.dtype == torch.float32 and x.numel() <= NATIVE_ROWS * self.in_features and self._on_native():
-            matmul = native.matmul_op if torch.compiler.is_compiling() else native.matmul
+            matmul = torch.ops.tinyllm.native_matmul if torch.compiler.is_compiling() else native.matmul
             return matmul(x.contiguous(), self.codes, self.scales, self.mins, self.scheme.ggml_type,
                           self.scheme.group_size)
         lead = x.shape[:-1]
@@ -199,6 +199,12 @@ class QuantizedTransformer(Transformer):
         path, attr = name.removesuffix(".weight").rsplit(".", 1) if "." in name.removesuffix(".weight") \
             else ("", name.removesuffix(".weight"))
         return (self.get_submodule(path) if path else self), attr
+
+    def before_compile(self) -> None:
+        """What torch.compile needs first (tinyllm.runtime.compiled calls it): the native
+        kernel's operator given its CPU kernel."""
+        if any(isinstance(m, QuantLinear) and m.path == "native" for m in self.modules()):
+            native.register_op()
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         norm = self.norm.weight  # the embedding may have no float weight to take device/dtype from

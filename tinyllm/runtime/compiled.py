@@ -141,6 +141,8 @@ def prepare(model: Transformer, cache: KVCache,
         hits = counters["inductor"]["fxgraph_cache_hit"]
         start = time.perf_counter()
         try:
+            if hasattr(model, "before_compile"):  # quantized models register their kernel's operator
+                model.before_compile()
             step = DecodeStep(model, cache)
             with torch.inference_mode():
                 step.run(0, min(cache.length, step.limit - 1))
