@@ -88,7 +88,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.d_model, bias=False)
 
-    def forward(self, x, cos, sin, pos, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, pos=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -123,7 +123,7 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, pos, cache=None, layer=0):
+    def forward(self, x, cos, sin, pos=None, cache=None, layer=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
