@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[genai-builder]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -27,9 +27,11 @@ venv: $(VENV)/.installed
 
 test-env: $(VENV)/.installed-test
 
-# The whole pipeline: train the demo preset, show what it writes, then make every format (int8 /
-# int4 rtn and GPTQ checkpoints, ONNX, GGUF, llama-quantize's Q4_0) and bench them all on the
-# validation text. Artifacts are cached in $(DEMO_OUT)/bench/artifacts by content hash.
+# The whole pipeline: train the demo preset (it ends with perplexity and world-fact accuracy), show
+# what it writes and ask it three questions in one chat (the last in a phrasing it never trained
+# on), then make every format (int8 / int4 rtn and GPTQ checkpoints, ONNX, GGUF, llama-quantize's
+# Q4_0) and bench them all on the validation text. Artifacts are cached in
+# $(DEMO_OUT)/bench/artifacts by content hash.
 demo: venv llama-cpp
 	$(BIN)/tinyllm doctor
 	$(BIN)/tinyllm train --preset demo --data builtin --out $(DEMO_OUT) --force
@@ -37,8 +39,9 @@ demo: venv llama-cpp
 	$(BIN)/tinyllm generate $(DEMO_OUT) --prompt "Mira walked to the harbour" --temperature 0 -n 80
 	@echo "== a sample (sampled, seed 1) =="
 	$(BIN)/tinyllm generate $(DEMO_OUT) --prompt "One rainy morning" --seed 1 -n 80
-	@echo "== a chat answer =="
-	printf 'Where does Mira live?\n' | $(BIN)/tinyllm chat $(DEMO_OUT) --temperature 0 -n 60
+	@echo "== three questions in one chat (greedy) =="
+	printf 'Where does Mira live?\nWhat is the weather like in Åsbury in winter?\nWhat pet does José own?\n' \
+		| $(BIN)/tinyllm chat $(DEMO_OUT) --temperature 0 --repetition-penalty 1 -n 60
 	@echo "== every format, measured =="
 	$(BIN)/tinyllm bench $(DEMO_OUT) --formats all --out $(DEMO_OUT)/bench
 	@echo "demo done: checkpoint in $(DEMO_OUT), report in $(DEMO_OUT)/bench/report.md (try: $(BIN)/tinyllm chat $(DEMO_OUT))"
@@ -46,7 +49,7 @@ demo: venv llama-cpp
 # llama.cpp's own tools, built once from the llama-cpp-python sdist into ~/.cache/tinyllm (cached:
 # a second run returns at once). The GGUF tests run them, so `make test` builds them first.
 llama-cpp: venv
-	$(BIN)/python tools/install_llama_cpp.py
+	$(BIN)/tinyllm llama-cpp install
 
 test: test-env llama-cpp
 	$(BIN)/python -m pytest -q

@@ -4,9 +4,14 @@
 cannot do; `DecoderGraph` wraps the same modules (same weights, same RMSNorm, rotate-half RoPE
 and SwiGLU code) in a functional forward instead: the past keys/values come in, the new ones are
 concatenated after them and go out as `present.*`. Positions come from `position_ids`, the
-causal mask from the lengths (query t may see keys up to past + t), so a past of length 0 is an
-ordinary prefill. Grouped-query attention stays grouped: the cache holds n_kv_heads heads and
-the query heads of a group are folded into the sequence axis, never expanded copies of K/V.
+causal mask from the lengths (query t may see keys up to past + t) and `attention_mask` [batch,
+past + seq] (0: a padding key no query sees), so a past of length 0 is an ordinary prefill.
+Grouped-query attention stays grouped: the cache holds n_kv_heads heads and the query heads of a
+group are folded into the sequence axis, never expanded copies of K/V.
+
+This is the plain graph: every op standard ONNX, no head-size rules. The exporter writes the
+fused graph (onnx_fused.py) wherever onnxruntime's fused ops take the model, and this one where
+they do not or when asked (`--graph plain`).
 
 Exported with PyTorch's TorchScript exporter (`dynamo=False`): it writes dynamic batch, sequence
 and past axes from `dynamic_axes` without needing onnxscript, and keeps a zero-length past
@@ -28,7 +33,7 @@ from onnx import numpy_helper
 from tinyllm.checkpoint import to_hf_names
 from tinyllm.model import Transformer, apply_rope
 
-INPUT_IDS, POSITION_IDS, LOGITS = "input_ids", "position_ids", "logits"
+INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
 PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
 # Past keys/values interleave per layer: layer 0 key, layer 0 value, layer 1 key, …
@@ -45,8 +50,8 @@ def present_names(n_layers: int) -> list[str]:
 
 
 class DecoderGraph(nn.Module):
-    """(input_ids [B,T], position_ids [B,T], past k/v per layer [B,n_kv,P,hd]) →
-    (logits [B,T,V], present k/v per layer [B,n_kv,P+T,hd])."""
+    """(input_ids [B,T], attention_mask [B,P+T], position_ids [B,T], past k/v per layer
+    [B,n_kv,P,hd]) → (logits [B,T,V], present k/v per layer [B,n_kv,P+T,hd])."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -56,7 +61,8 @@ class DecoderGraph(nn.Module):
         inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor):
         m, c = self.model, self.model.config
         B, T = input_ids.shape
         angles = position_ids.unsqueeze(-1).float() * self.inv_freq
@@ -74,13 +80,14 @@ class DecoderGraph(nn.Module):
             k = torch.cat([past[2 * i], k], dim=2)
             v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
-            y = self.attend(q, k, v)
+            y = self.attend(q, k, v, attention_mask)
             x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
             x = x + block.mlp(block.post_attention_layernorm(x))
         return (m.lm_head(m.norm(x)), *presents)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal GQA attention of q [B,H,T,hd] over k, v [B,KV,S,hd] whose last T positions are q's."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Causal GQA attention of q [B,H,T,hd] over k, v [B,KV,S,hd] whose last T positions are q's,
+        keys where attention_mask [B,S] is 0 left out."""
         c = self.model.config
         B, _, T, hd = q.shape
         S = k.shape[2]
@@ -90,7 +97,10 @@ class DecoderGraph(nn.Module):
         scores = scores.view(B, c.n_kv_heads, group, T, S)
         key_pos = torch.arange(S, device=q.device)
         query_pos = torch.arange(T, device=q.device) + (S - T)
-        scores = scores.masked_fill(key_pos.unsqueeze(0) > query_pos.unsqueeze(1), float("-inf"))
+        hidden = (key_pos.unsqueeze(0) > query_pos.unsqueeze(1)) | (attention_mask[:, None, None, None, :] == 0)
+        # The most negative float, not -inf: a padding query that sees no key gets an even spread
+        # instead of NaN, which its V products would carry into every later position.
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1).view(B, c.n_kv_heads, group * T, S)
         return torch.matmul(probs, v).view(B, c.n_heads, T, hd)
 
@@ -100,16 +110,19 @@ def export_graph(model: Transformer, path: Path, opset: int) -> onnx.ModelProto:
     c = model.config
     graph = DecoderGraph(model.cpu().eval()).eval()
     ids = torch.zeros(1, 2, dtype=torch.long)
+    mask = torch.ones(1, EXAMPLE_PAST + 2, dtype=torch.long)
     positions = torch.arange(EXAMPLE_PAST, EXAMPLE_PAST + 2).unsqueeze(0)
     past = [torch.zeros(1, c.n_kv_heads, EXAMPLE_PAST, c.head_dim) for _ in range(2 * c.n_layers)]
-    inputs, outputs = [INPUT_IDS, POSITION_IDS, *past_names(c.n_layers)], [LOGITS, *present_names(c.n_layers)]
-    axes = {INPUT_IDS: {0: "batch", 1: "seq"}, POSITION_IDS: {0: "batch", 1: "seq"}, LOGITS: {0: "batch", 1: "seq"}}
+    inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(c.n_layers)]
+    outputs = [LOGITS, *present_names(c.n_layers)]
+    axes = {INPUT_IDS: {0: "batch", 1: "seq"}, ATTENTION_MASK: {0: "batch", 1: "total_seq"},
+            POSITION_IDS: {0: "batch", 1: "seq"}, LOGITS: {0: "batch", 1: "seq"}}
     axes |= {name: {0: "batch", 2: "past_seq"} for name in past_names(c.n_layers)}
     axes |= {name: {0: "batch", 2: "total_seq"} for name in present_names(c.n_layers)}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter announces its deprecation and traces Python ints; both expected.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (ids, positions, *past), str(path), dynamo=False, input_names=inputs,
+        torch.onnx.export(graph, (ids, mask, positions, *past), str(path), dynamo=False, input_names=inputs,
                           output_names=outputs, dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
     proto = onnx.load(str(path))
     name_weights(proto, model)

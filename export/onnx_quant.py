@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.onnx_graph import matmul_weights, save_model
+from export.onnx_graph import save_model
 from quantize.checkpoint import load_quantized, weight_shapes
 from quantize.modules import QuantizedTransformer
 from quantize.schemes import QuantizedWeight, Scheme, matmul_nbits
@@ -41,12 +41,6 @@ from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
 
 INT4_BLOCK = 32
-# MatMulNBits accuracy_level 4: activations quantized to int8 per block, so the CPU kernels use
-# int8 dot products (AVX2/AVX512-VNNI, NEON dot). Level 0 computes in float32 and is slower on CPU.
-INT4_ACCURACY_LEVEL = 4
-# A quantized checkpoint's graph is held to the PyTorch runtime, which keeps activations float32:
-# level 0 computes in float32 too (level 4 would round the activations to int8 per block).
-EXACT_ACCURACY_LEVEL = 0
 MS_DOMAIN = "com.microsoft"
 
 
@@ -156,36 +150,48 @@ def int4_blocks(weight: np.ndarray, block_size: int = INT4_BLOCK) -> NBitsBlocks
     return NBitsBlocks(packed, scales.astype(np.float32), k, block_size)
 
 
+def matmul_nbits_nodes(x: str, weight: str, b: NBitsBlocks, out: str, accuracy_level: int,
+                       node_name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """out = x @ W as MatMulNBits over `b` (plus the minimums branch for q4_1's blocks): the nodes
+    and the initializers they read, named after the float weight `weight`."""
+    codes, scales = f"{weight}.q{b.bits}", weight + ".scales"
+    initializers = [numpy_helper.from_array(b.codes, codes), numpy_helper.from_array(b.scales.reshape(-1), scales)]
+    inputs, codes_out = [x, codes, scales], out
+    if b.mins is not None:
+        # Zero points 0 (two per byte): the node computes x @ (d * c); the minimums are added after.
+        zeros = np.zeros(b.n * -(-b.scales.shape[1] * b.bits // 8), np.uint8)
+        initializers.append(numpy_helper.from_array(zeros, weight + ".zero_points"))
+        inputs.append(weight + ".zero_points")
+        codes_out = weight + ".codes_out"
+    # Without zero_points MatMulNBits uses 2^(bits-1): 8 (q4_0's centre) or 128 (q8_0's codes + 128).
+    nodes = [helper.make_node("MatMulNBits", inputs, [codes_out], name=f"{node_name}_Q{b.bits}", domain=MS_DOMAIN,
+                              K=b.k, N=b.n, bits=b.bits, block_size=b.block_size, accuracy_level=accuracy_level)]
+    if b.mins is not None:
+        branch, branch_initializers = minimums_branch(x, weight, b, codes_out, out)
+        nodes += branch
+        initializers += branch_initializers
+    return nodes, initializers
+
+
 def write_matmul_nbits(proto: onnx.ModelProto, blocks: dict[str, NBitsBlocks],
-                       accuracy_level: int = INT4_ACCURACY_LEVEL) -> onnx.ModelProto:
+                       accuracy_level: int) -> onnx.ModelProto:
     """Replace every MatMul whose weight initializer is named in `blocks` by MatMulNBits."""
     graph = proto.graph
-    nodes = []
+    nodes, initializers = [], []
     for node in graph.node:
         weight = node.input[1] if node.op_type == "MatMul" else None
         if weight not in blocks:
             nodes.append(node)
             continue
-        b = blocks[weight]
-        codes, scales = f"{weight}.q{b.bits}", weight + ".scales"
-        graph.initializer.extend([numpy_helper.from_array(b.codes, codes),
-                                  numpy_helper.from_array(b.scales.reshape(-1), scales)])
-        inputs, output = [node.input[0], codes, scales], node.output[0]
-        if b.mins is not None:
-            # Zero points 0 (two per byte): the node computes x @ (d * c); the minimums are added after.
-            zeros = np.zeros(b.n * -(-b.scales.shape[1] * b.bits // 8), np.uint8)
-            graph.initializer.append(numpy_helper.from_array(zeros, weight + ".zero_points"))
-            inputs.append(weight + ".zero_points")
-            output = weight + ".codes_out"
-        # Without zero_points MatMulNBits uses 2^(bits-1): 8 (q4_0's centre) or 128 (q8_0's codes + 128).
-        nodes.append(helper.make_node(
-            "MatMulNBits", inputs, [output], name=f"{node.name or weight}_Q{b.bits}", domain=MS_DOMAIN,
-            K=b.k, N=b.n, bits=b.bits, block_size=b.block_size, accuracy_level=accuracy_level))
-        if b.mins is not None:
-            nodes += minimums_branch(graph, node.input[0], weight, b, output, node.output[0])
-    kept = [init for init in graph.initializer if init.name not in blocks]
+        new_nodes, new_initializers = matmul_nbits_nodes(node.input[0], weight, blocks[weight], node.output[0],
+                                                         accuracy_level, node.name or weight)
+        nodes += new_nodes
+        initializers += new_initializers
+    # A weight another node still reads (the tied head, also the embedding's Transpose) stays.
+    read = {name for node in nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name not in blocks or init.name in read]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend(kept + initializers)
     del graph.node[:]
     graph.node.extend(nodes)
     if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
@@ -193,29 +199,28 @@ def write_matmul_nbits(proto: onnx.ModelProto, blocks: dict[str, NBitsBlocks],
     return proto
 
 
-def minimums_branch(graph: onnx.GraphProto, x: str, weight: str, b: NBitsBlocks, codes_out: str,
-                    out: str) -> list[onnx.NodeProto]:
+def minimums_branch(x: str, weight: str, b: NBitsBlocks, codes_out: str,
+                    out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """out = codes_out + (x [B, T, K] summed over each block) @ mins^T: the `+ m` of w = d * c + m,
     exact in arithmetic (sum_k x_k (d c_k + m) = sum_k x_k d c_k + m sum_k x_k)."""
     n_blocks = b.k // b.block_size
-    graph.initializer.extend([
+    initializers = [
         numpy_helper.from_array(np.array([0, 0, n_blocks, b.block_size], np.int64), weight + ".block_shape"),
         numpy_helper.from_array(np.array([-1], np.int64), weight + ".last_axis"),
-        numpy_helper.from_array(np.ascontiguousarray(b.mins.T), weight + ".mins")])
-    return [helper.make_node("Reshape", [x, weight + ".block_shape"], [weight + ".x_blocks"]),
-            helper.make_node("ReduceSum", [weight + ".x_blocks", weight + ".last_axis"], [weight + ".x_sums"],
-                             keepdims=0),
-            helper.make_node("MatMul", [weight + ".x_sums", weight + ".mins"], [weight + ".mins_out"]),
-            helper.make_node("Add", [codes_out, weight + ".mins_out"], [out])]
+        numpy_helper.from_array(np.ascontiguousarray(b.mins.T), weight + ".mins")]
+    nodes = [helper.make_node("Reshape", [x, weight + ".block_shape"], [weight + ".x_blocks"]),
+             helper.make_node("ReduceSum", [weight + ".x_blocks", weight + ".last_axis"], [weight + ".x_sums"],
+                              keepdims=0),
+             helper.make_node("MatMul", [weight + ".x_sums", weight + ".mins"], [weight + ".mins_out"]),
+             helper.make_node("Add", [codes_out, weight + ".mins_out"], [out])]
+    return nodes, initializers
 
 
-def quantize_int4(proto: onnx.ModelProto, accuracy_level: int = INT4_ACCURACY_LEVEL) -> list[str]:
-    """Round every MatMul weight whose K is a multiple of 32 to 4-bit blocks and write MatMulNBits
-    in place; return the names of the weights left float32 (their K is not)."""
-    weights = matmul_weights(proto)
+def int4_weights(weights: dict[str, np.ndarray]) -> tuple[dict[str, NBitsBlocks], list[str]]:
+    """4-bit blocks of every [K, N] weight whose K is a multiple of 32, and the names of the
+    weights that stay float32 (their K is not)."""
     blocks = {name: int4_blocks(w) for name, w in weights.items() if w.shape[0] % INT4_BLOCK == 0}
-    write_matmul_nbits(proto, blocks, accuracy_level)
-    return sorted(set(weights) - set(blocks))
+    return blocks, sorted(set(weights) - set(blocks))
 
 
 def dequantized_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -252,10 +257,11 @@ def quantize_int8(path: Path) -> None:
     # The quantizer logs advice meant for vision models (run shape pre-processing) to the root logger.
     logging.disable(logging.WARNING)
     try:
-        # MatMulConstBOnly: attention's activation×activation MatMuls stay float.
+        # MatMulConstBOnly: attention's activation×activation MatMuls stay float. DefaultTensorType:
+        # ONNX shape inference cannot type the outputs of com.microsoft ops (the fused graph's).
         quantize_dynamic(path, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                          per_channel=True, use_external_data_format=large,
-                         extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.disable(logging.NOTSET)
     save_model(onnx.load(str(target)), path)

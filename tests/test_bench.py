@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from tinyllm.bench.cli import main as bench_main
 from tinyllm.bench.formats import FORMATS, PARITY_PCT
 from tinyllm.bench.kld import Comparison, Reference, decode, encode
+from tinyllm.llama_cpp import INSTALL_COMMAND
 
-FORMATS_RUN = "torch-f32,torch-int8,onnx-f32,onnx-int8,gguf-f32,gguf-q8_0"
+FORMATS_RUN = ("torch-f32,torch-int8,torch-int4-gptq,onnx-f32,onnx-int8,onnx-int4,onnx-int4-level0,"
+               "onnx-int4-genai-builder,gguf-f32,gguf-q8_0,gguf-q4_0")
 FAST = ["--warmup", "0", "--repeats", "2", "--prompt-tokens", "16", "--decode-tokens", "8", "--calib-tokens", "2048"]
 
 
@@ -74,6 +76,12 @@ def test_fidelity_is_measured_against_torch_f32(bench):
     for name in ("onnx-int8", "gguf-q8_0"):
         assert rows[name]["ppl"] == pytest.approx(rows["torch-int8"]["ppl"], rel=PARITY_PCT / 100)
     assert rows["torch-int8"]["bits_per_weight"] < 10 < rows["torch-f32"]["bits_per_weight"]
+    # int4: level 0 is the PyTorch runtime of the same blocks; level 4 and llama.cpp both round the
+    # activations to 8 bits, and land as close; onnxruntime-genai's builder rounds its own blocks.
+    assert rows["onnx-int4-level0"]["ppl"] == pytest.approx(rows["torch-int4-gptq"]["ppl"], rel=1e-5)
+    assert rows["onnx-int4"]["kld_mean"] <= FORMATS["onnx-int4"].kld_vs[1] * rows["gguf-q4_0"]["kld_mean"]
+    assert rows["onnx-int4-genai-builder"]["kld_mean"] > rows["onnx-int4"]["kld_mean"] > 0
+    assert "a graph tinyllm did not write" in rows["onnx-int4-genai-builder"]["describe"]
 
 
 def test_second_run_reuses_the_artifacts(bench, trained_checkpoint):
@@ -114,7 +122,7 @@ def test_bad_input_gets_one_clear_line(trained_checkpoint, tmp_path, monkeypatch
     bad = run(trained_checkpoint, "--formats", "torch-f32,gguf-q3", "--out", tmp_path / "a")
     assert bad.exit_code != 0 and "unknown format gguf-q3" in bad.output and "gguf-q4_0" in bad.output
     missing = run(trained_checkpoint, "--formats", "gguf-f32", "--out", tmp_path / "b", "--llama-cpp", tmp_path)
-    assert missing.exit_code != 0 and "install_llama_cpp.py" in missing.output
+    assert missing.exit_code != 0 and INSTALL_COMMAND in missing.output
     data = tmp_path / "latin1.txt"
     data.write_bytes("café".encode("latin-1") * 100)
     unreadable = run(trained_checkpoint, "--formats", "torch-f32", "--data", data, "--out", tmp_path / "c")

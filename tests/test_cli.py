@@ -2,6 +2,7 @@
 a non-zero exit and no traceback."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tinyllm.chat import IM_START
 from tinyllm.cli import main
 
 SMALL_TRAIN = ["--preset", "test", "--corpus-size", "300000", "--steps", "4", "--eval-interval", "2",
-               "--quiet", "--device", "cpu"]
+               "--quiet", "--device", "cpu", "--no-facts"]
 
 
 def run(*args, input=None):
@@ -43,9 +45,25 @@ def test_generate_chat_and_eval(trained_checkpoint):
     result = run("chat", trained_checkpoint, "-n", "10", "--seed", "1", input="hello there\n/reset\nbye\n")
     assert result.exit_code == 0, result.output
     assert result.output.count("assistant> ") == 2
-    result = run("eval", trained_checkpoint)
+    result = run("eval", trained_checkpoint, "--no-facts")
     assert result.exit_code == 0, result.output
-    assert "unigram baseline" in result.output
+    assert "unigram baseline" in result.output and "world-fact" not in result.output
+
+
+def test_one_text_file_is_split_by_position_trains_and_evaluates(tmp_path):
+    from tinyllm.data import generate_builtin_corpus
+
+    prose = "\n\n".join(doc for doc in generate_builtin_corpus(80_000, qa_fraction=0) if IM_START not in doc)
+    corpus = write(tmp_path / "input.txt", prose)
+    result = run("train", *SMALL_TRAIN, "--data", corpus, "--val-fraction", "0.1", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["tinyllm"]["data"]
+    assert data["source"] == str(corpus) and data["val_fraction"] == 0.1
+    result = run("eval", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    scored = int(re.search(r"\(([\d,]+) tokens scored", result.output)[1].replace(",", ""))
+    assert 0 < scored < 0.1 * len(prose) / 2  # half of each chunk of the last tenth is scored
+    assert "world-fact accuracy: not measured (the model trained on" in result.output
 
 
 def test_data_generate_and_stats(tmp_path):
@@ -68,16 +86,29 @@ def copy_of(checkpoint: Path, dest: Path) -> Path:
     return dest
 
 
-def test_bad_corpora(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n\n")
-    binary = tmp_path / "binary.txt"
-    binary.write_bytes(b"hello \xff\xfe world")
-    for path, fragment in ((tmp_path / "missing.txt", "missing.txt"), (empty, "empty.txt"),
-                           (binary, "binary.txt")):
-        out = tmp_path / f"out-{path.stem}"
-        assert_one_line_error(run("train", *SMALL_TRAIN, "--data", path, "--out", out), fragment)
-        assert not out.exists() or not any(out.iterdir())
+def write(path: Path, content: bytes | str) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: d / "missing.txt", "no such file"),
+    (lambda d: write(d / "empty.txt", ""), "empty"),
+    (lambda d: write(d / "binary.txt", b"hello \xff\xfe world"), "not valid UTF-8"),
+    (lambda d: (d / "nothing").mkdir() or d / "nothing", "no .txt or .jsonl files"),
+    (lambda d: write(d / "bad.jsonl", '{"text": "ok"}\n{"text": \n'), "line 2"),
+    (lambda d: write(d / "notext.jsonl", '{"title": "x"}\n'), "line 1"),
+    (lambda d: write(d / "blank.txt", " \n\n\t"), "empty"),
+    (lambda d: write(d / "short.txt", "far too short to train on, " * 3), "too few for windows"),
+])
+def test_failed_starts_leave_no_output_directory(tmp_path, make, fragment):
+    source = make(tmp_path)
+    out = tmp_path / "runs" / "out"
+    assert_one_line_error(run("train", *SMALL_TRAIN, "--data", source, "--out", out), str(source.name), fragment)
+    assert not out.exists()
+    out.mkdir(parents=True)  # a directory that was there before the command stays
+    assert_one_line_error(run("train", *SMALL_TRAIN, "--data", source, "--out", out), fragment)
+    assert out.is_dir() and not any(out.iterdir())
 
 
 def test_bad_checkpoints(trained_checkpoint, tmp_path):

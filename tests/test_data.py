@@ -1,4 +1,5 @@
-"""tinyllm.data: the built-in corpus and its world, user data, the split, corpus files, token streams."""
+"""tinyllm.data: the built-in corpus and its world, its facts as questions, user data (files and Hugging
+Face datasets), the split, corpus files, token streams and which tokens are trained on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 
 from tinyllm import data
 from tinyllm.chat import IM_END, IM_START, SPECIAL_TOKENS, render_chat
+from tinyllm.data import facts
+from tinyllm.data.facts import FACTS, FACTS_BY_KIND, fact_questions, states
+from tinyllm.dataset import tokenize, tokenize_for_training
 from tinyllm.errors import TinyLLMError
+from tinyllm.tokenizer import Tokenizer
 
 # Several shuffled rounds of (topic, kind): every topic appears as a story and as a conversation.
 SAMPLE_SIZE = data.BUILTIN_DEFAULT_SIZE  # the corpus models are trained on by default
@@ -62,7 +67,8 @@ def test_at_least_50_topics_each_as_story_and_conversation(tagged):
     assert len(set(names)) == len(names)
     kinds = {name: set() for name in names}
     for name, doc in tagged:
-        kinds[name].add(is_chat(doc))
+        if name != data.FACTS_TAG:
+            kinds[name].add(is_chat(doc))
     missing = [name for name, seen in kinds.items() if seen != {True, False}]
     assert not missing, f"topics without both a story and a conversation: {missing}"
 
@@ -70,13 +76,72 @@ def test_at_least_50_topics_each_as_story_and_conversation(tagged):
 def test_every_document_is_about_its_topic(tagged):
     keywords = {topic.name: topic.keywords for topic in data.TOPICS}
     off_topic = [(name, doc) for name, doc in tagged
-                 if not any(k.lower() in doc.lower() for k in keywords[name])]
+                 if name != data.FACTS_TAG and not any(k.lower() in doc.lower() for k in keywords[name])]
     assert not off_topic, off_topic[:3]
 
 
-def test_about_60_percent_narratives(docs):
-    stats = data.corpus_stats(docs)
+def test_topic_documents_are_about_60_percent_narratives(tagged):
+    stats = data.corpus_stats([doc for name, doc in tagged if name != data.FACTS_TAG])
     assert 0.55 <= stats["narratives"] / stats["documents"] <= 0.65
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.8])
+def test_fact_chats_take_their_share_of_the_characters(fraction):
+    tagged = data.generate_builtin_corpus_with_topics(200_000, seed=2, qa_fraction=fraction)
+    facts = [doc for name, doc in tagged if name == data.FACTS_TAG]
+    assert all(is_chat(doc) for doc in facts)
+    share = sum(map(len, facts)) / sum(len(doc) for _, doc in tagged)
+    assert abs(share - fraction) < 0.01, share
+
+
+# --- the world's facts as questions ---------------------------------------------------------------
+
+def test_every_fact_of_the_world_is_asked():
+    counts = {kind: len(facts) for kind, facts in FACTS_BY_KIND.items()}
+    people, places = len(data.CHARACTERS), len(data.PLACES)
+    assert counts == {"home": people, "job": people, "pet": people, "pet name": people, "food": people,
+                      "temperament": people, "climate": places * 4, "railway": places,
+                      "direction": places * (places - 1)}
+    assert all(len(kind.questions) >= 6 and len(kind.held_out) >= 3 for kind in facts.KINDS.values())
+
+
+def test_each_answer_states_its_fact_and_no_other():
+    for fact in FACTS:
+        assert fact.value and fact.wrong and not set(fact.value) & set(fact.wrong)
+        assert all(states(answer, fact) for answer in fact.answers), fact
+        # An answer about another subject of the same kind does not pass for this one.
+        others = [f for f in FACTS_BY_KIND[fact.kind] if f.value != fact.value]
+        assert not any(states(answer, fact) for other in others for answer in other.answers[:1]), fact
+
+
+def test_states_matches_whole_words_only():
+    north = next(f for f in FACTS_BY_KIND["direction"] if f.value == ("north",))
+    assert states("Go north from there.", north)
+    assert not states("It is north-east of there.", north)  # a competing value
+    assert not states("It is northern.", north)
+    dot = next(f for f in FACTS_BY_KIND["pet name"] if f.value == ("Dot",))
+    assert not states("Then it is dotted.", dot)
+
+
+def test_held_out_phrasings_are_in_no_document_and_trained_ones_are(docs):
+    text = "\n".join(docs)
+    for kind, of_kind in FACTS_BY_KIND.items():
+        for phrasing in facts.KINDS[kind].held_out:
+            leaked = [f.question(phrasing) for f in of_kind if f.question(phrasing) in text]
+            assert not leaked, leaked[:3]
+        for phrasing in facts.KINDS[kind].questions:
+            assert any(f.question(phrasing) in text for f in of_kind), phrasing
+
+
+def test_fact_questions_ask_every_fact_seen_and_held_out_some_in_a_second_turn():
+    questions = fact_questions()
+    assert len(questions) == 2 * len(FACTS)
+    asked = [sorted(FACTS.index(q.fact) for q in questions if q.held_out == held_out) for held_out in (False, True)]
+    assert asked[0] == asked[1] == list(range(len(FACTS)))
+    assert all(q.messages[-1]["role"] == "user" for q in questions)
+    second_turns = [q for q in questions if len(q.messages) == 3]
+    assert len(second_turns) == len(FACTS) - len(FACTS) % 2  # every second fact, in both phrasings
+    assert all(q.messages[1]["role"] == "assistant" for q in second_turns)
 
 
 CHATML_MESSAGE = re.compile(re.escape(IM_START) + r"(system|user|assistant)\n(.*?)" + re.escape(IM_END) + r"\n",
@@ -266,6 +331,68 @@ def test_load_errors_name_the_path(tmp_path, make, expect):
     assert expect in str(err.value)
 
 
+# --- Hugging Face datasets ---------------------------------------------------------------------
+
+CHAT = [{"role": "user", "content": "Where does Mira live?"},
+        {"role": "assistant", "content": "Mira lives in Saltmere."}]
+
+
+def test_saved_dataset_directory_text_column(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["first Zoë", "", "second"], "id": [1, 2, 3]}).save_to_disk(tmp_path / "ds")
+    assert data.load_documents(str(tmp_path / "ds")) == ["first Zoë", "second"]
+
+
+def test_saved_dataset_dict_uses_its_train_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["train row"]}),
+                                   "test": datasets.Dataset.from_dict({"text": ["test row"]})})
+    splits.save_to_disk(tmp_path / "dd")
+    assert data.load_documents(str(tmp_path / "dd")) == ["train row"]
+
+
+def test_parquet_messages_column_becomes_chatml(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "chats.parquet"
+    datasets.Dataset.from_dict({"messages": [CHAT, CHAT[:1]], "text": ["ignored", "ignored"]}).to_parquet(path)
+    assert data.load_documents(str(path)) == [render_chat(CHAT), render_chat(CHAT[:1])]
+
+
+def test_arrow_file(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": ["from arrow"]}).save_to_disk(saved)
+    (arrow,) = saved.glob("*.arrow")
+    assert data.load_documents(str(arrow)) == ["from arrow"]
+
+
+def test_dataset_without_text_or_messages_gets_one_line(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "wrong.parquet"
+    datasets.Dataset.from_dict({"body": ["x"], "title": ["y"]}).to_parquet(path)
+    with pytest.raises(TinyLLMError, match=r"no 'text' or 'messages' column \(it has: body, title\)") as err:
+        data.load_documents(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dataset_with_bad_messages_names_the_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    bad = [{"role": "wizard", "content": "x"}]
+    datasets.Dataset.from_dict({"messages": [CHAT, bad]}).save_to_disk(tmp_path / "ds")
+    with pytest.raises(TinyLLMError, match="row 1"):
+        data.load_documents(str(tmp_path / "ds"))
+
+
+def test_hf_name_that_cannot_be_loaded_gets_one_line(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without the network
+    with pytest.raises(TinyLLMError) as err:
+        data.load_documents("hf:tinyllm-tests/no-such-dataset:validation")
+    message = str(err.value)
+    assert message.startswith("hf:tinyllm-tests/no-such-dataset:validation: datasets.load_dataset(")
+    assert "split='validation'" in message and "network" in message and "\n" not in message
+
+
 # --- split -------------------------------------------------------------------------------------
 
 def test_split_is_disjoint_complete_ordered_and_deterministic():
@@ -292,10 +419,19 @@ def test_split_never_leaves_a_side_empty(n, fraction):
     assert train and val and len(train) + len(val) == n
 
 
-@pytest.mark.parametrize("docs, fraction", [([], 0.05), (["only one"], 0.05), (["a", "b"], 0.0), (["a", "b"], 1.0)])
+@pytest.mark.parametrize("docs, fraction", [([], 0.05), (["x"], 0.05), (["a", "b"], 0.0), (["a", "b"], 1.0)])
 def test_split_rejects_bad_input(docs, fraction):
-    with pytest.raises(TinyLLMError, match="at least 2 documents|between 0 and 1"):
+    with pytest.raises(TinyLLMError, match="no documents|too short to split|between 0 and 1"):
         data.split_documents(docs, fraction)
+
+
+def test_one_document_is_split_by_position_at_a_word_boundary():
+    text = " ".join(f"word{i}" for i in range(2000)) + "\n"
+    (train,), (val,) = data.split_documents([text], 0.1)
+    assert train + val == text
+    assert abs(len(val) / len(text) - 0.1) < 0.01
+    assert train.endswith(" ") and val.startswith("word")  # no word cut in two
+    assert data.split_documents([text], 0.1, seed=9) == ([train], [val])  # by position: no seed in it
 
 
 # --- corpus files --------------------------------------------------------------------------------
@@ -349,6 +485,23 @@ def test_encode_documents_appends_eot_after_each_document():
     assert tokens.tolist() == [2, 99, 0, 99, 5, 99]
 
 
+def test_training_targets_are_the_assistant_replies_of_chats():
+    chat = render_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi Zoë?"},
+                        {"role": "assistant", "content": "Hello — yes."}, {"role": "user", "content": "And Łucja?"},
+                        {"role": "assistant", "content": "She is shy.\n\nVery."}])
+    story = "Mira rowed out.\n\nThe end."
+    tokenizer = Tokenizer.train([chat, story] * 20, 300)
+    tokens, targets = tokenize_for_training(tokenizer, [chat, story])
+    assert tokens.tolist() == tokenize(tokenizer, [chat, story]).tolist()
+    n_chat = len(tokenizer.encode(chat)) + 1
+    trained = [tokens[i:i + 1] for i in range(n_chat) if targets[i]]
+    assert tokenizer.decode(np.concatenate(trained).tolist()) == f"Hello — yes.{IM_END}She is shy.\n\nVery.{IM_END}"
+    assert targets[n_chat:].all()  # a story and its <|endoftext|>: every token
+    assert not targets[n_chat - 1]  # the chat's <|endoftext|>: not an answer
+    _, everything = tokenize_for_training(tokenizer, [chat, story], train_on="all")
+    assert everything.all()
+
+
 def test_encode_documents_keeps_order_across_batches():
     docs = [str(i) for i in range(2500)]
     calls = []
@@ -361,3 +514,12 @@ def test_encode_documents_keeps_order_across_batches():
     assert len(calls) > 1 and sum(calls) == len(docs)
     assert tokens.tolist() == [x for i in range(2500) for x in (i, i + 1, -1)]
     assert data.encode_documents([], encode_batch, eot_id=0).tolist() == []
+
+
+def test_fact_questions_take_every_phrasing_in_turn():
+    questions = fact_questions()
+    for kind, of_kind in FACTS_BY_KIND.items():
+        for held_out, phrasings in ((False, facts.KINDS[kind].questions), (True, facts.KINDS[kind].held_out)):
+            asked = {q.messages[-1]["content"] for q in questions if q.fact.kind == kind and q.held_out == held_out}
+            used = {p for p in phrasings if any(f.question(p) in asked for f in of_kind)}
+            assert used == set(phrasings[:len(of_kind)]), (kind, held_out)

@@ -19,9 +19,10 @@ from tinyllm.bench.cli import main as bench_main
 from tinyllm.cli_support import Group
 from tinyllm.data import BUILTIN_DEFAULT_SIZE, corpus_stats, load_documents, write_corpus
 from tinyllm.errors import TinyLLMError
+from tinyllm.llama_cpp_install import llama_cpp_group
 from tinyllm.sampling import SamplingParams
-from tinyllm.serve import serve_command
-from tinyllm.train import train_command
+from tinyllm.serve.cli import serve_command
+from tinyllm.train_cli import train_command
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +40,7 @@ main.add_command(export_main, "export")
 main.add_command(quantize_main, "quantize")
 main.add_command(serve_command, "serve")
 main.add_command(bench_main, "bench")
+main.add_command(llama_cpp_group)
 
 
 def sampling_options(fn):
@@ -148,11 +150,14 @@ def chat(model, system, temperature, top_k, top_p, repetition_penalty, seed, max
 @click.option("--ctx", type=int, default=None, help="Chunk length n_ctx [the model's context].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None)
-def eval_command(model, data, ctx, device, threads):
-    """Perplexity of MODEL by llama-perplexity's method, next to a unigram baseline."""
+@click.option("--facts/--no-facts", default=True, show_default=True,
+              help="Also ask the built-in world's facts in chat (seen and held-out phrasings).")
+def eval_command(model, data, ctx, device, threads, facts):
+    """Perplexity of MODEL by llama-perplexity's method, next to a unigram baseline, and how many of
+    its world's facts it answers right."""
     from tinyllm.evaluate import evaluate_checkpoint, format_report
 
-    click.echo(format_report(evaluate_checkpoint(model, data, ctx, device, threads)))
+    click.echo(format_report(evaluate_checkpoint(model, data, ctx, device, threads, facts)))
 
 
 @main.group()

@@ -1,9 +1,11 @@
-"""Evaluating a model: perplexity by llama.cpp's method, beside a unigram baseline.
+"""Evaluating a model: perplexity by llama.cpp's method, beside a unigram baseline, and world-fact accuracy.
 
 The evaluation text is either a file or the checkpoint's own validation split (rebuilt from the
 data source recorded in its config). It is tokenized as llama-perplexity tokenizes: once, no BOS,
 special-token strings as plain text. So the validation text holds the split's documents that
-contain no special-token strings (the narratives), separated by blank lines.
+contain no special-token strings (the narratives), separated by blank lines. A model trained on
+the built-in corpus is also asked its world's facts in chat (`fact_eval.py`); other data has no
+facts to ask, and the report says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tqdm import tqdm
 from tinyllm.chat import SPECIAL_TOKENS
 from tinyllm.dataset import DataSpec, load_splits, tokenize
 from tinyllm.errors import TinyLLMError
+from tinyllm.fact_eval import fact_accuracy, format_fact_accuracy
 from tinyllm.perplexity import scored_targets, unigram_perplexity
 from tinyllm.runtime import Runtime, load_runtime
 
@@ -45,9 +48,10 @@ def read_text(path: str | Path) -> str:
 
 
 def evaluate(runtime: Runtime, data: str = "validation", n_ctx: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, facts: bool = False) -> dict:
     """Perplexity of `runtime` on `data` ('validation' or a text file), with a unigram baseline
-    when the checkpoint records its training data."""
+    when the checkpoint records its training data; with `facts`, world-fact accuracy too (or
+    `facts_not_measured`, why not)."""
     spec = recorded_spec(runtime)
     train_docs = None
     if data == "validation":
@@ -73,12 +77,18 @@ def evaluate(runtime: Runtime, data: str = "validation", n_ctx: int | None = Non
         train_tokens = tokenize(runtime.tokenizer, train_docs)
         report["unigram_ppl"] = unigram_perplexity(train_tokens, scored_targets(tokens, n_ctx),
                                                    runtime.tokenizer.vocab_size)
+    if facts:
+        if spec is not None and spec.source == "builtin":
+            report.update(fact_accuracy(runtime, progress=progress))
+        else:
+            trained_on = f"trained on {spec.source}" if spec else "records no training data"
+            report["facts_not_measured"] = f"the model {trained_on}; only the built-in world has facts to ask"
     return report
 
 
 def evaluate_checkpoint(path: str | Path, data: str = "validation", n_ctx: int | None = None,
-                        device: str = "cpu", threads: int | None = None) -> dict:
-    return evaluate(load_runtime(path, device=device, threads=threads), data, n_ctx)
+                        device: str = "cpu", threads: int | None = None, facts: bool = True) -> dict:
+    return evaluate(load_runtime(path, device=device, threads=threads), data, n_ctx, facts=facts)
 
 
 def format_report(report: dict) -> str:
@@ -87,4 +97,8 @@ def format_report(report: dict) -> str:
     if "unigram_ppl" in report:
         line += (f"\nunigram baseline perplexity {report['unigram_ppl']:.3f} "
                  f"(the model is {report['unigram_ppl'] / report['ppl']:.1f}x better)")
+    if "facts_seen" in report:
+        line += "\n" + format_fact_accuracy(report)
+    elif "facts_not_measured" in report:
+        line += f"\nworld-fact accuracy: not measured ({report['facts_not_measured']})"
     return line

@@ -2,7 +2,7 @@
 
 tinyllm never reimplements llama.cpp: GGUF files are checked, measured and served by its real
 binaries. They are looked up, in order, in `--llama-cpp DIR`, `$TINYLLM_LLAMA_CPP`, the per-user
-cache that `tools/install_llama_cpp.py` fills (keyed by the pinned llama-cpp-python version, whose
+cache that `tinyllm llama-cpp install` fills (keyed by the pinned llama-cpp-python version, whose
 source distribution vendors llama.cpp), and `PATH` — so a user's own build or package works too.
 """
 
@@ -23,15 +23,19 @@ BUILD_TAG = f"{LLAMA_CPP_PYTHON_VERSION}-r2"
 ENV_VAR = "TINYLLM_LLAMA_CPP"
 TOOLS = ("llama-server", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix", "llama-tokenize",
          "llama-cli")
-INSTALL_COMMAND = "python tools/install_llama_cpp.py  (or: make llama-cpp)"
+INSTALL_COMMAND = "tinyllm llama-cpp install"
 # Where a directory given by the user may keep its binaries: itself, or a llama.cpp build tree.
 _BIN_SUBDIRS = (".", "bin", "build/bin")
 
 
+def cache_root() -> Path:
+    """tinyllm's per-user cache: $XDG_CACHE_HOME/tinyllm (~/.cache/tinyllm)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyllm"
+
+
 def cache_dir(tag: str = BUILD_TAG) -> Path:
     """The per-user cache the installer builds into: $XDG_CACHE_HOME/tinyllm/llama.cpp/<version>-r<recipe>."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinyllm" / "llama.cpp" / tag
+    return cache_root() / "llama.cpp" / tag
 
 
 def _exe(directory: Path, name: str) -> Path | None:

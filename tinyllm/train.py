@@ -3,36 +3,38 @@
 `tinyllm train` and `python -m tinyllm.train` take the same flags; under `torchrun` (or
 `tinyllm train --nproc N`) the same code runs as DistributedDataParallel. The output directory is
 itself a loadable checkpoint (latest weights) with the best-by-validation weights in `best/`, the
-metrics in `metrics.jsonl` and everything needed to resume in `training_state.safetensors`.
+metrics in `metrics.jsonl` and everything needed to resume in `training_state.safetensors`
+(`--resume` alone restores the run's model and training configuration from there). A start that
+fails before the first save removes the output directory it created.
 Each step's global batch is a pure function of (seed, step), and each rank takes its slice of
-it, so a resumed run, or a run with another number of processes, trains on the same batches.
+it, so a resumed run, or a run with another number of processes, trains on the same batches. The
+loss of a step is the mean over its target tokens (chat documents: the assistant's replies), the
+same however the batch is cut into micro-batches and processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tinyllm.checkpoint import TOKENIZER_FILE, save_checkpoint, save_weights, write_checkpoint_files
-from tinyllm.cli_support import Command
-from tinyllm.config import ModelConfig, apply_overrides, preset
-from tinyllm.data import BUILTIN_DEFAULT_SIZE
-from tinyllm.dataset import DataSpec, batch_offsets, eval_offsets, load_splits, tokenize, windows
+from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, save_checkpoint, save_weights, write_checkpoint_files
+from tinyllm.config import ModelConfig
+from tinyllm.dataset import (IGNORE_INDEX, TRAIN_ON, DataSpec, batch_offsets, eval_offsets, load_splits,
+                             tokenize_for_training, windows)
 from tinyllm.devices import resolve_device
-from tinyllm.distributed import Distributed, launch
+from tinyllm.distributed import Distributed
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
@@ -41,6 +43,9 @@ from tinyllm.train_state import MetricsLog, load_training_state, save_training_s
 STATE_FILE = "training_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 BEST_DIR = "best"
+# What makes two models the same shape: a run resumes only into the model it saved.
+MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
+                "rope_theta", "norm_eps", "tie_embeddings")
 
 
 @dataclass
@@ -60,16 +65,38 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False  # torch.compile the training step
+    train_on: str = "assistant"  # chat documents: "assistant" (replies only) or "all" tokens
     data: DataSpec = field(default_factory=DataSpec)
 
 
 # Training defaults per model preset; any of them can be overridden on the command line.
 PRESET_TRAINING = {
     "test": dict(steps=60, batch_size=8, lr=3e-3, warmup_steps=10, eval_interval=20, eval_windows=8),
-    "demo": dict(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, eval_interval=50),
+    # Batches of 8 for twice the steps, in the time 300 batches of 16 took: more updates learn the
+    # world's facts faster (the recipe and its figures: docs/training.md).
+    "demo": dict(steps=600, batch_size=8, lr=3e-3, warmup_steps=60, eval_interval=100),
     "small": dict(steps=3000, batch_size=32, lr=1.5e-3, warmup_steps=100, eval_interval=250),
     "base": dict(steps=10000, batch_size=64, lr=1e-3, warmup_steps=300, eval_interval=500),
 }
+
+
+# The built-in corpus's mix per preset, where it differs from the corpus's own default.
+PRESET_DATA: dict[str, dict] = {"demo": dict(qa_fraction=0.6)}
+
+
+def data_spec_for(preset_name: str, **overrides) -> DataSpec:
+    """The data a preset trains on by default, with `overrides` (None values ignored) applied."""
+    values = dict(PRESET_DATA.get(preset_name, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return DataSpec(**values)
+
+
+def training_state_path(out: Path) -> Path:
+    """The training state a run in `out` resumes from, or one clear line saying there is none."""
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        raise TinyLLMError(f"{out}: nothing to resume (no {STATE_FILE}); drop --resume to start a run")
+    return path
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -102,15 +129,22 @@ def autocast_context(device: torch.device):
 # -- the run ----------------------------------------------------------------------------------
 
 
+def summed_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the targets of y that are not IGNORE_INDEX."""
+    logits = model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 class LossOfBatch(torch.nn.Module):
-    """The model's loss as a module's forward, which is what DDP and torch.compile wrap."""
+    """The model's summed loss as a module's forward, which is what DDP and torch.compile wrap."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(x, y)
+        return summed_loss(self.model, x, y)
 
 
 class Trainer:
@@ -127,18 +161,33 @@ class Trainer:
         self.quiet = quiet or not self.dist.is_main
         self._validate(cfg, model_config, self.dist.world_size)
         self.device = self.dist.device_for(resolve_device(cfg.device))
-        self._prepare_output(resume, force)
-        self.metrics = MetricsLog(self.out / METRICS_FILE)
+        self._check_output(resume, force)
         self._log(f"data: {cfg.data.source} (seed {cfg.data.seed})")
-        train_docs, val_docs = load_splits(cfg.data)
+        train_docs, val_docs = load_splits(cfg.data)  # bad data fails here, before anything is written
+        self.resumed = resume
+        self.created_out = self._prepare_output(resume, force)
+        try:
+            self._build(model_config, train_docs, val_docs, resume)
+        except BaseException:
+            self._discard_unsaved()
+            raise
+
+    def _build(self, model_config: ModelConfig, train_docs: list[str], val_docs: list[str], resume: bool) -> None:
+        cfg = self.cfg
+        self.metrics = MetricsLog(self.out / METRICS_FILE)
         self.tokenizer = self._tokenizer(train_docs, model_config.vocab_size, resume)
-        self.train_tokens = tokenize(self.tokenizer, train_docs)
-        self.val_tokens = tokenize(self.tokenizer, val_docs)
+        self.train_tokens, self.train_targets = tokenize_for_training(self.tokenizer, train_docs, cfg.train_on)
+        self.val_tokens, self.val_targets = tokenize_for_training(self.tokenizer, val_docs, cfg.train_on)
+        # Targets among the tokens before each position: a window's target count in O(1).
+        self.train_targets_before = np.concatenate([[0], np.cumsum(self.train_targets)])
         seq = model_config.max_seq_len
         if len(self.train_tokens) <= seq + 1 or len(self.val_tokens) <= seq + 1:
             raise TinyLLMError(f"data {cfg.data.source}: {len(self.train_tokens)} training and "
                                f"{len(self.val_tokens)} validation tokens, too few for windows of {seq}; "
                                "add text or lower max_seq_len (--set max_seq_len=N)")
+        if not self.train_targets.any() or not self.val_targets.any():
+            raise TinyLLMError(f"data {cfg.data.source}: no tokens to learn from in the training or validation "
+                               "split (its chats have no assistant replies); add some or pass --train-on all")
         eot = self.tokenizer.eot_id
         self.model_config = model_config.replace(
             vocab_size=self.tokenizer.vocab_size, bos_token_id=eot, eos_token_id=eot,
@@ -152,6 +201,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.step, self.best_val = 0, float("inf")
         if resume:
+            self._check_resumable_model(model_config)
             header = load_training_state(self.out / STATE_FILE, self.model, self.optimizer)
             self.step, self.best_val = header["step"], header["best_val_loss"]
             if self.dist.is_main:
@@ -179,22 +229,52 @@ class Trainer:
                                + (f" x {world_size} processes" if world_size > 1 else ""))
         if not cfg.lr > 0:
             raise TinyLLMError(f"--lr must be positive, got {cfg.lr}")
+        if cfg.train_on not in TRAIN_ON:
+            raise TinyLLMError(f"--train-on {cfg.train_on!r}: choose one of {', '.join(TRAIN_ON)}")
+        if not 0 <= cfg.data.qa_fraction <= 1:
+            raise TinyLLMError(f"--qa-fraction {cfg.data.qa_fraction}: must be between 0 and 1")
 
-    def _prepare_output(self, resume: bool, force: bool) -> None:
+    def _check_output(self, resume: bool, force: bool) -> None:
         if resume:
-            if not (self.out / STATE_FILE).is_file():
-                raise TinyLLMError(f"{self.out}: nothing to resume (no {STATE_FILE}); drop --resume to start a run")
-            return
-        exists = self.out.exists() and any(self.out.iterdir())
-        if exists and not force:
+            training_state_path(self.out)
+        elif self.out.exists() and any(self.out.iterdir()) and not force:
             raise TinyLLMError(f"{self.out}: already exists; pass --resume to continue that run "
                                "or --force to start over (its contents are deleted)")
+
+    def _prepare_output(self, resume: bool, force: bool) -> bool:
+        """Make (or with `force`, empty) the output directory; True when this run created it."""
+        if resume:
+            return False
+        existed = self.out.exists()
         self.dist.barrier()  # every rank has looked before rank 0 clears the directory
         if self.dist.is_main:
-            if exists:
+            if existed and any(self.out.iterdir()):
                 shutil.rmtree(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
+        return not existed
+
+    def _discard_unsaved(self) -> None:
+        """After a failure before the first save, remove the output directory this run created, or
+        empty the one it found empty (or emptied, with --force): what is in it now is this run's."""
+        if not self.dist.is_main or self.resumed or (self.out / STATE_FILE).exists():
+            return
+        if self.created_out:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for child in self.out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+    def _check_resumable_model(self, model_config: ModelConfig) -> None:
+        stored = ModelConfig.load(self.out / CONFIG_FILE)
+        differ = [f"{name} {getattr(self.model_config, name)} (the run has {getattr(stored, name)})"
+                  for name in MODEL_FIELDS if getattr(self.model_config, name) != getattr(stored, name)]
+        if differ:
+            raise TinyLLMError(f"{self.out}: cannot resume with another model: {', '.join(differ)}; "
+                               "resume with the run's own configuration (tinyllm train --out DIR --resume)")
 
     def _tokenizer(self, train_docs: list[str], vocab_size: int, resume: bool) -> Tokenizer:
         """Rank 0 trains the tokenizer and stores it; the other ranks read it from there."""
@@ -215,14 +295,16 @@ class Trainer:
         seq = self.model_config.max_seq_len
         offsets = eval_offsets(len(self.val_tokens), seq, self.cfg.eval_windows)
         mine = offsets[self.dist.rank::self.dist.world_size]
-        total = 0.0
+        total, count = 0.0, 0
         for chunk in np.array_split(mine, max(1, -(-len(mine) // self.cfg.batch_size))):
             if len(chunk):
-                x, y = windows(self.val_tokens, chunk, seq, self.device)
+                x, y = windows(self.val_tokens, chunk, seq, self.device, self.val_targets)
                 with self.autocast:
-                    total += self.model.loss(x, y).item() * len(chunk)
+                    total += summed_loss(self.model, x, y).item()
+                count += int((y != IGNORE_INDEX).sum())
         self.model.train()
-        return self.dist.mean(total, self.device) * self.dist.world_size / len(offsets)
+        # Means over ranks times the world size: sums over every rank's windows.
+        return self.dist.mean(total, self.device) / max(1e-9, self.dist.mean(count, self.device))
 
     def train_step(self) -> float:
         """One optimizer step over the global batch of `self.step`; returns its mean loss."""
@@ -230,17 +312,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         offsets = batch_offsets(len(self.train_tokens), seq, cfg.batch_size, cfg.seed, self.step)
+        # Every rank counts the targets of the whole global batch, so that summed losses divided by
+        # it (times the world size, which DDP's gradient averaging divides out) make the step's mean.
+        before = self.train_targets_before
+        n_targets = int((before[offsets + seq + 1] - before[offsets + 1]).sum())
+        scale = dist.world_size / max(1, n_targets)
         mine = np.split(offsets, dist.world_size)[dist.rank]
         total = 0.0
         micro_batches = np.split(mine, cfg.grad_accum)
         for i, micro in enumerate(micro_batches):
-            x, y = windows(self.train_tokens, micro, seq, self.device)
+            x, y = windows(self.train_tokens, micro, seq, self.device, self.train_targets)
             # Gradients are all-reduced once per step, on the last micro-batch only.
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or not dist.enabled else self.loss_fn.no_sync()
             with sync:
                 with self.autocast:
-                    loss = self.loss_fn(x, y) / cfg.grad_accum
+                    loss = self.loss_fn(x, y) * scale
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
@@ -290,27 +377,35 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._request_stop)
         last: dict = {}
         try:
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
-                       disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
-            while self.step < end and not self.dist.any(self.stop_requested, self.device):
-                started = time.perf_counter()
-                loss = self.train_step()
-                rate = tokens_per_step / (time.perf_counter() - started)
-                last = dict(step=self.step, loss=loss, lr=lr_at(self.step - 1, cfg), tokens_per_s=rate)
-                self.record(**last)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:,.0f}")
-                bar.update(1)
-                if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
-                    last["val_loss"] = self.evaluate_and_save()
-                    self._log(f"step {self.step}: val loss {last['val_loss']:.4f}, "
-                              f"val ppl {math.exp(last['val_loss']):.2f}")
-            bar.close()
+            last = self._train_until(end, tokens_per_step)
+        except BaseException:
+            self._discard_unsaved()
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
         if self.step < cfg.steps:
             self.save()
             self._log(f"stopped at step {self.step} of {cfg.steps}; continue with --resume")
         self.dist.barrier()
+        return last
+
+    def _train_until(self, end: int, tokens_per_step: int) -> dict:
+        cfg, last = self.cfg, {}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+                   disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
+        while self.step < end and not self.dist.any(self.stop_requested, self.device):
+            started = time.perf_counter()
+            loss = self.train_step()
+            rate = tokens_per_step / (time.perf_counter() - started)
+            last = dict(step=self.step, loss=loss, lr=lr_at(self.step - 1, cfg), tokens_per_s=rate)
+            self.record(**last)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:,.0f}")
+            bar.update(1)
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                last["val_loss"] = self.evaluate_and_save()
+                self._log(f"step {self.step}: val loss {last['val_loss']:.4f}, "
+                          f"val ppl {math.exp(last['val_loss']):.2f}")
+        bar.close()
         return last
 
     def _request_stop(self, signum, frame) -> None:
@@ -326,81 +421,14 @@ def train_config_for(preset_name: str, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _override_option(name: str, kind, help_text: str):
-    return click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text)
-
-
-@click.command("train", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--preset", "preset_name", default="demo", show_default=True, help="Model preset: test, demo, small, base.")
-@click.option("--data", "data_source", default="builtin", show_default=True,
-              help="'builtin' (the synthetic corpus) or a .txt file, a directory of them, or a .jsonl file.")
-@click.option("--corpus-size", type=int, default=BUILTIN_DEFAULT_SIZE, show_default=True,
-              help="Characters of built-in corpus to generate.")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory; it becomes a loadable checkpoint.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last save.")
-@click.option("--force", is_flag=True, help="Delete an existing --out and start over.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, init and batches.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@_override_option("steps", int, "Optimizer steps [preset default].")
-@_override_option("batch_size", int, "Sequences per optimizer step [preset default].")
-@_override_option("grad_accum", int, "Micro-batches per step (gradient accumulation).")
-@_override_option("lr", float, "Peak learning rate.")
-@_override_option("warmup_steps", int, "Linear warmup steps.")
-@_override_option("eval_interval", int, "Steps between validation and saves.")
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a model config field, e.g. --set n_layers=6 (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bar or messages.")
-@click.option("--nproc", type=int, default=None,
-              help="Train with N processes (DistributedDataParallel via torchrun: gloo on CPU, nccl on GPUs).")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (best on CUDA).")
-@click.pass_context
-def train_command(ctx, preset_name, data_source, corpus_size, out, resume, force, seed, device, overrides, quiet,
-                  nproc, compile_model, **train_overrides):
-    """Train a model from scratch (or --resume one) into OUT.
-
-    Runs unchanged under `torchrun --nproc-per-node N -m tinyllm.train ...`; `--nproc N` starts that for you.
-    """
-    if nproc is not None and "WORLD_SIZE" not in os.environ:
-        sys.exit(launch(nproc, _arguments_without(ctx, "nproc")))
-    if resume and force:
-        raise TinyLLMError("--resume and --force contradict each other; pick one")
-    model_config = apply_overrides(preset(preset_name), list(overrides))
-    spec = DataSpec(source=data_source, size=corpus_size, seed=seed)
-    cfg = train_config_for(preset_name, seed=seed, device=device, data=spec, compile=compile_model,
-                           **train_overrides)
-    dist = Distributed.from_environment(resolve_device(device))
-    try:
-        trainer = Trainer(model_config, cfg, out, resume=resume, force=force, quiet=quiet, dist=dist)
-        trainer.run()
-    finally:
-        dist.close()
-    if not dist.is_main:
-        return
-    if trainer.step >= cfg.steps:
-        from tinyllm.evaluate import evaluate_checkpoint, format_report
-
-        report = evaluate_checkpoint(out)
-        click.echo(format_report(report))
-        trainer.record(step=trainer.step, event="final", **report)
-    click.echo(f"checkpoint: {out} (best by validation: {out / BEST_DIR})")
-
-
-def _arguments_without(ctx: click.Context, skip: str) -> list[str]:
-    """The command line this command was given, rebuilt from its parsed parameters, minus one."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name == skip or value is None or value is False or value == ():
-            continue
-        flag = param.opts[0]
-        if getattr(param, "is_flag", False):
-            args.append(flag)
-        else:
-            for item in value if getattr(param, "multiple", False) else (value,):
-                args += [flag, str(item)]
-    return args
+def train_config_from_dict(stored: dict) -> TrainConfig:
+    """A TrainConfig from its `asdict` form (as the training state stores it); unknown keys are ignored."""
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in stored.items() if k in known and k != "data"}
+    return TrainConfig(**values, data=DataSpec.from_dict(stored.get("data", {})))
 
 
 if __name__ == "__main__":
+    from tinyllm.train_cli import train_command
+
     train_command()

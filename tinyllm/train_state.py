@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tinyllm.checkpoint import read_tensors
+from tinyllm.errors import TinyLLMError
 from tinyllm.fileio import atomic_write, atomic_write_text
 from tinyllm.model import Transformer
 
@@ -31,11 +32,20 @@ def save_training_state(path: Path, model: Transformer, optimizer: torch.optim.O
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tinyllm": json.dumps(header)}))
 
 
+def read_training_header(path: Path) -> dict:
+    """The JSON header of a training state (step, best validation loss, the training config)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["tinyllm"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+        raise TinyLLMError(f"{path}: not a tinyllm training state ({e}); it is damaged, start over with --force") \
+            from None
+
+
 def load_training_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model and optimizer from `path` (onto the model's device); return the header."""
     tensors = read_tensors(path)
-    with safe_open(str(path), "pt") as f:
-        header = json.loads(f.metadata()["tinyllm"])
+    header = read_training_header(path)
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
                           strict=False)
     state: dict[int, dict] = {}

@@ -8,7 +8,7 @@ For each format the checkpoint is exported afresh (into a temporary directory, v
 - decode tokens/s without it: the same steps, each recomputing the whole sequence from nothing.
 
 PyTorch float32 runs the same loops as the reference row. INT4 is timed at MatMulNBits
-accuracy_level 4 (int8 compute, what the exporter writes) and 0 (float32 compute) to show why
+accuracy_level 4 (int8 compute, the exporter's CPU default) and 0 (float32 compute) to show why
 level 4 was chosen. Greedy argmax, sampling excluded; `--warmup` untimed repeats, then the median
 (min–max) of `--repeats`. Threads are fixed and the same for both engines.
 
@@ -115,7 +115,7 @@ def main(checkpoint, prompt_tokens, new_tokens, seed, warmup, repeats, threads, 
         for label, quant, level in FORMATS:
             out = Path(tmp) / f"{quant}-{level}"
             click.echo(f"exporting and timing {label}…", err=True)
-            export_onnx(checkpoint, out, quant, int4_accuracy_level=level, log=lambda m: click.echo(m, err=True))
+            export_onnx(checkpoint, out, quant, accuracy_level=level, log=lambda m: click.echo(m, err=True))
             results[label] = measure(OnnxRuntime.load(out, threads=threads), prompt, new_tokens, warmup, repeats)
             results[label]["model_bytes"] = model_bytes(out)
 

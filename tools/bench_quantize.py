@@ -13,7 +13,7 @@ library function, then measures every variant the same way:
               median (min–max) of `--repeats`. Each round times every variant back to back, so a
               busy neighbour on a shared machine slows them alike.
 
-With llama.cpp's tools installed (`tools/install_llama_cpp.py`) and the GGUF exporter present, it
+With llama.cpp's tools installed (`tinyllm llama-cpp install`) and the GGUF exporter present, it
 adds llama.cpp's own reference: the float32 GGUF and `llama-quantize … Q4_0` of it, perplexity by
 `llama-perplexity` on the same text (so calibrated int4's ΔPPL can be set against Q4_0's) and
 decode speed by `llama-bench` (-p 0 -n N -d 16, same threads).

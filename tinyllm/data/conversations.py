@@ -14,7 +14,7 @@ from tinyllm.data.narratives import generate_narrative
 from tinyllm.data.topic import Asker, Topic
 from tinyllm.data.world import PEOPLE, PLACES, upper_first
 
-_SYSTEM_PROMPTS = (
+SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
     "You are a friendly guide to the towns of the Amber Coast.",
     "You are a kind helper. Keep your answers short and clear.",
@@ -71,7 +71,7 @@ def _askers(topic: Topic) -> list[Asker]:
 def generate_conversation(rng: random.Random, topic: Topic) -> str:
     messages = []
     if rng.random() < 0.3:
-        messages.append({"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     turns = rng.choice((1, 1, 2, 2, 3))
     # Drawn without replacement, so no conversation asks for two definitions or two stories.
     for turn, ask in enumerate(rng.sample(_askers(topic), turns)):

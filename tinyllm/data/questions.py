@@ -2,32 +2,30 @@
 
 Each is an `Asker`: given the random stream (and its topic, which these ignore) it returns one
 (question, answer) pair, and every answer is derived from the world tables in `world.py`. Topics
-list them in their `extras`.
+list them in their `extras`. Questions on the world's facts (homes, jobs, pets, food, weather,
+directions) come from `facts.py`, in its training phrasings.
 """
 
 from __future__ import annotations
 
 import random
 
+from tinyllm.data.facts import ask_fact
 from tinyllm.data.topic import Topic
 from tinyllm.data.world import (CHARACTERS, PLACES, PRONOUNS, RAILWAY, SEASONS, direction, join_with_and,
                                 nearest_station, quantity, upper_first, with_article)
 
 
 def ask_weather(rng: random.Random, _topic: Topic) -> tuple[str, str]:
+    if rng.random() < 0.75:
+        return ask_fact(rng, "climate")
     place = PLACES[rng.choice(list(PLACES))]
-    if rng.random() < 0.25:
-        snowy = [s for s in SEASONS if "snowy" in place.climate[s][0]]
-        if snowy:
-            return (f"Does it snow in {place.name}?",
-                    f"Yes. In {snowy[0]}, the weather in {place.name} is {place.climate[snowy[0]][1]}.")
+    snowy = [s for s in SEASONS if "snowy" in place.climate[s][0]]
+    if snowy:
         return (f"Does it snow in {place.name}?",
-                f"Hardly ever. Even in winter, the weather in {place.name} is {place.climate['winter'][1]}.")
-    season = rng.choice(SEASONS)
-    question = rng.choice(("What is the weather like in {p} in {s}?", "How is the weather in {p} during {s}?",
-                           "I'm visiting {p} in {s}. What weather should I expect?"))
-    return (question.format(p=place.name, s=season),
-            f"In {season}, the weather in {place.name} is usually {place.climate[season][1]}.")
+                f"Yes. In {snowy[0]}, the weather in {place.name} is {place.climate[snowy[0]][1]}.")
+    return (f"Does it snow in {place.name}?",
+            f"Hardly ever. Even in winter, the weather in {place.name} is {place.climate['winter'][1]}.")
 
 
 def ask_season(rng: random.Random, _topic: Topic) -> tuple[str, str]:
@@ -38,9 +36,7 @@ def ask_season(rng: random.Random, _topic: Topic) -> tuple[str, str]:
         return f"What season comes after {season}?", f"After {season} comes {after}."
     if kind == 1:
         return f"Which season comes before {season}?", f"{upper_first(before)} comes before {season}."
-    place = PLACES[rng.choice(list(PLACES))]
-    return (f"What is {place.name} like in {season}?",
-            f"In {season}, {place.name} is {place.climate[season][1]}.")
+    return ask_fact(rng, "climate")
 
 
 def ask_price(rng: random.Random, _topic: Topic) -> tuple[str, str]:
@@ -83,11 +79,7 @@ def ask_train(rng: random.Random, _topic: Topic) -> tuple[str, str]:
 
 
 def ask_direction(rng: random.Random, _topic: Topic) -> tuple[str, str]:
-    src, dst = rng.sample(list(PLACES), 2)
-    question = rng.choice(("Which way is {b} from {a}?", "On the map, in which direction is {b} from {a}?",
-                           "If I am in {a}, which way do I go to reach {b}?"))
-    return (question.format(a=PLACES[src].name, b=PLACES[dst].name),
-            f"{PLACES[dst].name} is {direction(src, dst)} of {PLACES[src].name}.")
+    return ask_fact(rng, "direction")
 
 
 def ask_count(rng: random.Random, _topic: Topic) -> tuple[str, str]:
@@ -196,15 +188,11 @@ _PET_CARE = {
 
 
 def ask_pet(rng: random.Random, _topic: Topic) -> tuple[str, str]:
+    kind = rng.randrange(4)
+    if kind < 2:
+        return ask_fact(rng, ("pet", "pet name")[kind])
     owner = rng.choice(CHARACTERS)
     pet = owner.pet
-    kind = rng.randrange(4)
-    if kind == 0:
-        return (f"What pet does {owner.name} have?",
-                f"{owner.name} has {with_article(pet.colour)} {pet.kind} called {pet.name}.")
-    if kind == 1:
-        return (f"What is the name of {owner.name}'s {pet.kind}?",
-                f"{owner.name}'s {pet.kind} is called {pet.name}.")
     if kind == 2:
         other = rng.choice([c.pet.kind for c in CHARACTERS if c.pet.kind != pet.kind])
         return (f"Does {owner.name} have {with_article(other)}?",
@@ -263,19 +251,12 @@ def ask_feeling(rng: random.Random, _topic: Topic) -> tuple[str, str]:
 
 
 def ask_food(rng: random.Random, _topic: Topic) -> tuple[str, str]:
-    person = rng.choice(CHARACTERS)
-    if rng.random() < 0.5:
-        return f"What is {person.name}'s favourite food?", f"{person.name}'s favourite food is {person.food}."
-    him = PRONOUNS[person.he][1]
-    return (f"What should I cook for {person.name}?",
-            f"Cook {person.food} — it is {person.name}'s favourite food, and it would make {him} very happy.")
+    return ask_fact(rng, "food")
 
 
 def ask_home(rng: random.Random, _topic: Topic) -> tuple[str, str]:
     if rng.random() < 0.6:
-        person = rng.choice(CHARACTERS)
-        place = PLACES[person.home]
-        return f"Where does {person.name} live?", f"{person.name} lives in {place.name}, the {place.kind}."
+        return ask_fact(rng, "home")
     key = rng.choice(list(PLACES))
     people = [c.name for c in CHARACTERS if c.home == key]
     verb = "lives" if len(people) == 1 else "live"
@@ -283,13 +264,10 @@ def ask_home(rng: random.Random, _topic: Topic) -> tuple[str, str]:
 
 
 def ask_job(rng: random.Random, _topic: Topic) -> tuple[str, str]:
+    if rng.random() < 0.7:
+        return ask_fact(rng, "job")
     person = rng.choice(CHARACTERS)
     place = PLACES[person.home].name
-    if rng.random() < 0.7:
-        question = rng.choice(("What does {n} do?", "What is {n}'s job?", "What work does {n} do?"))
-        he = PRONOUNS[person.he][0]
-        return (question.format(n=person.name),
-                f"{person.name} works as {with_article(person.job)} in {place}: {he} {person.work}.")
     his = PRONOUNS[person.he][2]
     return (f"Who is the {person.job} in {place}?",
             f"{person.name} is the {person.job} in {place}; that is {his} job.")

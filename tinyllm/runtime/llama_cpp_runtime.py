@@ -28,7 +28,7 @@ from tinyllm.llama_cpp import LlamaCpp, find_llama_cpp
 from tinyllm.perplexity import PerplexityResult, chunks
 from tinyllm.runtime.base import Runtime
 from tinyllm.sampling import Sampler, SamplingParams
-from tinyllm.serve import LlamaServer
+from tinyllm.serve.llama_server import LlamaServer
 from tinyllm.tokenizer import Tokenizer
 
 # llama-perplexity --ppl-output-type 1 prints one line per chunk (start, ppl, mean nll, sd) on stdout,
@@ -44,6 +44,19 @@ _SAMPLERS = ["penalties", "top_k", "temperature", "top_p"]
 def _field(reader: GGUFReader, key: str, default=None):
     field = reader.get_field(key)
     return default if field is None else field.contents()
+
+
+def read_gguf(path: Path) -> GGUFReader:
+    """The GGUF file's reader, or a TinyLLMError when it is missing, unreadable or not a `llama` model."""
+    if not path.is_file():
+        raise TinyLLMError(f"{path}: no such GGUF file")
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # GGUFReader raises plain ValueError/struct errors on a bad file
+        raise TinyLLMError(f"{path}: not a readable GGUF file ({e})") from None
+    if _field(reader, "general.architecture") != "llama":
+        raise TinyLLMError(f"{path}: architecture is {_field(reader, 'general.architecture')!r}, not 'llama'")
+    return reader
 
 
 def tokenizer_from_gguf(reader: GGUFReader, where: Path) -> Tokenizer:
@@ -82,15 +95,7 @@ class LlamaCppRuntime(Runtime):
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
              llama_cpp_dir: str | Path | None = None) -> "LlamaCppRuntime":
         path = Path(path)
-        if not path.is_file():
-            raise TinyLLMError(f"{path}: no such GGUF file")
-        try:
-            reader = GGUFReader(path)
-        except Exception as e:  # GGUFReader raises plain ValueError/struct errors on a bad file
-            raise TinyLLMError(f"{path}: not a readable GGUF file ({e})") from None
-        if _field(reader, "general.architecture") != "llama":
-            raise TinyLLMError(f"{path}: architecture is {_field(reader, 'general.architecture')!r}, not 'llama'")
-        return cls(path, reader, find_llama_cpp(llama_cpp_dir), device, threads)
+        return cls(path, read_gguf(path), find_llama_cpp(llama_cpp_dir), device, threads)
 
     # -- the parts of the interface llama.cpp cannot serve ----------------------------------------
 
