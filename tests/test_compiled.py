@@ -4,6 +4,7 @@ on a GPU (skipped without one)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from click.testing import CliRunner
 from conftest import in_ci
 from quantize import native
 from quantize.quantizer import quantize_checkpoint
+from tinyllm.bench.cli import main as bench_main
 from tinyllm.cli import main as tinyllm_main
+from tinyllm.runtime import compiled as compiled_step
 from tinyllm.runtime import load_runtime
 
 SCHEMES = {"int8": ("int8", False), "int4": ("int4", False), "int4-asym": ("int4", True)}
@@ -111,6 +114,31 @@ def test_cli_compile_flags_give_the_same_text(trained_checkpoint, runtime_pair):
     assert [ln for ln in on.stderr.splitlines() if ln.startswith("torch.compile:")] == \
         [next(ln for ln in on.stderr.splitlines() if "decode step" in ln)]
     assert "torch.compile" not in off.stderr
+
+
+def test_bench_times_the_compiled_step_and_says_what_compiling_cost(trained_checkpoint, runtime_pair, tmp_path):
+    runtime_pair("f32")  # in Inductor's cache: the bench's measuring process loads it from there
+    result = CliRunner().invoke(bench_main, [str(trained_checkpoint), "--formats", "torch-f32", "--out", str(tmp_path),
+                                             "--warmup", "0", "--repeats", "1", "--prompt-tokens", "8",
+                                             "--decode-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row["compile"]["compiled"] and row["compile"]["cached"] and row["compile"]["seconds"] > 0
+    assert "compiled decode step" in row["describe"]
+    line = next(ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("| torch-f32 |"))
+    assert f"| {row['compile']['seconds']:.1f} warm |" in line
+
+
+def test_doctor_says_which_decode_path_is_the_default_and_why(trained_checkpoint):
+    result = CliRunner().invoke(tinyllm_main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    on = compiled_step.default_compile(torch.device("cpu"))
+    (line,) = [ln.strip() for ln in result.output.splitlines() if ln.strip().startswith("cpu: --")]
+    assert line.startswith(f"cpu: {'--compile' if on else '--no-compile'} by default (")
+    assert compiled_step.DEFAULT_WHY["cpu"] in line
+    # and it is what a runtime told neither flag does
+    runtime = load_runtime(trained_checkpoint)
+    assert ("eager decode" in runtime.describe()) != on and (runtime.compile_info is None) == on
 
 
 def _without_compiler(tmp_path, cxx: str):
