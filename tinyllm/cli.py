@@ -55,8 +55,9 @@ def sampling_options(fn):
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)."),
         click.option("--compile/--no-compile", "compile_step", default=None,
-                     help="PyTorch checkpoints: decode on a torch.compile'd step (compiled once, cached in "
-                          "~/.cache/tinyllm/inductor) or eagerly [default: `tinyllm doctor` says which, and why]."),
+                     help="PyTorch checkpoints: decode on a torch.compile'd step (compiled on first use and "
+                          "cached in ~/.cache/tinyllm/inductor; pays off on long generations) or eagerly "
+                          "[default: --no-compile; `tinyllm doctor` says why]."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -35,7 +35,8 @@ class TorchRuntime(Runtime):
         self.log = log
         self.decode_step = None
         on = compiled.default_compile(self.device) if compile is None else compile
-        self.compile_info = None if on else compiled.CompileInfo(False, reason="turned off (--no-compile)")
+        self.compile_info = None if on else compiled.CompileInfo(
+            False, reason="--no-compile" if compile is False else f"the default on {self.device.type}")
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None, compile: bool | None = None,
