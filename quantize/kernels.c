@@ -19,11 +19,11 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 };
 
 #define BLOCK 32 /* GGML's block: every group is 1, 2 or 4 of them */
 
@@ -178,15 +178,6 @@ static inline void dequant_block(int fmt, const char *codes, float d, float m, f
         out[i] = v[i] * d + m;
 }
 #endif
-
-/* One quantized matrix, filled in once by quantize/native.py (mirrored there as a ctypes
- * Structure) so that a call passes one pointer instead of seven arguments. */
-struct tl_matrix {
-    int32_t fmt, group;
-    int64_t n, k;
-    const void *codes;
-    const float *scales, *mins;
-};
 
 /* Output rows [lo, hi) for every row of x; each case is its own specialization, so the format and
  * group-size branches leave the inner loops. */

@@ -69,7 +69,6 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", qw.scales.float().unsqueeze(-1))
         self.register_buffer("mins", qw.mins.float().unsqueeze(-1) if qw.mins is not None else None)
         self.register_buffer("centred", qw.centred().view(n, k // g, g) if self.path != "native" else None)
-        self._matrix = None  # the native kernel's descriptor of the buffers above, made on first use
         if self.path == "int4pack":
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 qw.unpacked().to(torch.int32), 1))
@@ -77,23 +76,10 @@ class QuantLinear(nn.Module):
             # [K/group, N, 2]: the kernel's layout of (scale, zero) pairs.
             self.register_buffer("scale_zeros", torch.cat([self.scales, zeros], -1).transpose(0, 1).contiguous())
 
-    def _native(self) -> native.Matrix | None:
-        """The descriptor the native kernel runs on, or None where the buffers no longer suit it
-        (moved off the CPU or cast by `.to()`). Made once: the call path stays a single C call."""
-        if self._matrix is None:
-            try:
-                self._matrix = native.load().matrix(self.scheme.ggml_type, self.codes, self.scales, self.mins,
-                                                    self.out_features, self.in_features, self.scheme.group_size)
-            except ValueError:
-                self._matrix = False
-        return self._matrix or None
-
-    def _apply(self, fn, *args, **kwargs):
-        self._matrix = None  # .to() / .half() may have replaced the buffers the descriptor points at
-        return super()._apply(fn, *args, **kwargs)
-
-    def __getstate__(self):
-        return {**self.__dict__, "_matrix": None}  # ctypes pointers neither pickle nor deep-copy
+    def _on_native(self) -> bool:
+        """Whether the native kernel runs this layer: its path, with the buffers still what
+        kernels.c reads (`.to()` / `.half()` may have moved or cast them)."""
+        return self.path == "native" and self.codes.is_cpu and self.scales.dtype == torch.float32
 
     def rows(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Rows `idx` of W in float32 [..., K] (all of W without `idx`), unpacking only those rows."""
@@ -109,11 +95,8 @@ class QuantLinear(nn.Module):
         return w.reshape(*lead, self.in_features)
 
     def dequantized(self) -> torch.Tensor:
-        matrix = self._native() if self.path == "native" else None
-        if matrix is not None:
-            w = self.scales.new_empty((self.out_features, self.in_features))
-            native.check(native.load().lib.tl_dequantize(matrix, w.data_ptr(), torch.get_num_threads()))
-            return w
+        if self._on_native():
+            return native.dequantize(self.codes, self.scales, self.mins, self.scheme.ggml_type, self.scheme.group_size)
         if self.centred is None:
             return self.rows()
         w = self.centred.float() * self.scales
@@ -122,13 +105,12 @@ class QuantLinear(nn.Module):
         return w.view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Decode calls this ~30 times a token: the native branch keeps to the cheapest torch calls.
-        if self.path == "native" and x.is_cpu and x.dtype == torch.float32 and x.is_contiguous() \
-                and x.numel() <= NATIVE_ROWS * self.in_features and (matrix := self._native()) is not None:
-            y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
-            native.check(native.load().lib.tl_matmul(matrix, x.data_ptr(), y.data_ptr(),
-                                                     x.numel() // self.in_features, torch.get_num_threads()))
-            return y
+        # Decode calls this ~30 times a token: the native branch keeps to the cheapest torch calls,
+        # and in a compiled graph it is one op (a traced ctypes call would break the graph).
+        if x.dtype == torch.float32 and x.numel() <= NATIVE_ROWS * self.in_features and self._on_native():
+            matmul = torch.ops.tinyllm.native_matmul if torch.compiler.is_compiling() else native.matmul
+            return matmul(x.contiguous(), self.codes, self.scales, self.mins, self.scheme.ggml_type,
+                          self.scheme.group_size)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.path == "int4pack" and x2.shape[0] == 1:
@@ -221,6 +203,12 @@ class QuantizedTransformer(Transformer):
         path, attr = name.removesuffix(".weight").rsplit(".", 1) if "." in name.removesuffix(".weight") \
             else ("", name.removesuffix(".weight"))
         return (self.get_submodule(path) if path else self), attr
+
+    def before_compile(self) -> None:
+        """What torch.compile needs first (tinyllm.runtime.compiled calls it): the native
+        kernel's operator given its CPU kernel."""
+        if any(isinstance(m, QuantLinear) and m.path == "native" for m in self.modules()):
+            native.register_op()
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         norm = self.norm.weight  # the embedding may have no float weight to take device/dtype from

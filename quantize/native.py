@@ -15,6 +15,16 @@ building at once each get a whole file. It is threaded with OpenMP only when tor
 libgomp, and then linked against the very libgomp torch loaded, so that both share one thread pool
 instead of two pools of spinning threads fighting over the cores. No compiler, or a failed build,
 is not an error: `load()` returns None, `status()` says why, and the modules use torch's paths.
+
+How a compiled graph calls it: as the torch operator `tinyllm::native_matmul` (torch.library:
+a schema and a fake implementation that gives the output's shape), so that torch.compile captures
+a quantized model's decode step whole, one op per matrix, instead of breaking the graph at every
+quantized matmul (Dynamo cannot trace a ctypes call). Its CPU kernel is `kernels_op.cpp`, a few
+lines of C++ around the same `tl_matmul`, built against torch's headers with the C++ compiler
+Inductor uses (only when a quantized model is compiled: that needs the compiler anyway), so
+that no Python runs between the graph and the kernel; where it cannot be built, `matmul`
+through Python. The op takes the module's tensors, not a ctypes descriptor: a graph holds
+tensors, and the FX graph cache can then reuse a graph compiled in another process.
 """
 
 from __future__ import annotations
@@ -30,10 +40,15 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from tinyllm.fileio import user_cache_dir
+
 SOURCE = Path(__file__).with_name("kernels.c")
+HEADER = Path(__file__).with_name("kernels.h")
+OP_SOURCE = Path(__file__).with_name("kernels_op.cpp")
 FLAGS = ("-O3", "-march=native", "-fPIC")
 FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2}  # the enum in kernels.c
 
@@ -53,17 +68,6 @@ class Kernel:
     path: Path
     isa: str
     single_threaded: str  # why it was built without OpenMP, or "" when it shares torch's libgomp
-
-    def matrix(self, fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
-               n: int, k: int, group: int) -> Matrix:
-        """The descriptor for one matrix; the caller keeps the tensors alive (and in place) while
-        using it. ValueError where they are not what kernels.c reads."""
-        for t in (codes, scales) + ((mins,) if mins is not None else ()):
-            if not t.is_cpu or not t.is_contiguous() or \
-                    (t.element_size() != 1 if t is codes else t.dtype != torch.float32):
-                raise ValueError("the native kernel reads contiguous CPU byte codes and float32 scales/minimums")
-        return Matrix(FORMATS[fmt], group, n, k, codes.data_ptr(), scales.data_ptr(),
-                      mins.data_ptr() if mins is not None else None)
 
     def describe(self) -> str:
         threads = f"single-threaded: {self.single_threaded}" if self.single_threaded else "OpenMP on torch's libgomp"
@@ -103,39 +107,52 @@ def _cpu_id() -> str:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinyllm" / "kernels"
+    return user_cache_dir("kernels")
 
 
-def _compile(cc: list[str], flags: tuple[str, ...], gomp: Path | None) -> tuple[Path | None, str]:
-    """The library for this source/compiler/flags/CPU, compiled unless the cache holds it; or None and why."""
-    stat = os.stat(cc[0])  # a compiler upgraded in place changes size or mtime
-    parts = (SOURCE.read_bytes(), cc, stat.st_size, stat.st_mtime_ns, flags, gomp, platform.machine(), _cpu_id())
+def _cached_build(name: str, parts: tuple, commands: Callable[[Path], list[list[str]]]) -> tuple[Path | None, str]:
+    """The library `name` keyed on `parts`, built by `commands(tmp)` (the last writes tmp/name)
+    unless the cache holds it; or None and why not. Built in a temporary directory and renamed
+    into place: processes building at once each get a whole file."""
     key = hashlib.sha256(b"\0".join(str(part).encode() for part in parts)).hexdigest()[:16]
-    target = cache_root() / key / "kernels.so"
+    target = cache_root() / key / name
     if target.is_file():
         return target, ""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            obj, lib = Path(tmp) / "kernels.o", Path(tmp) / "kernels.so"
-            # Two steps so that -fopenmp does not also link the system libgomp (a second OpenMP
-            # runtime with its own threads): the link names the file torch loaded instead.
-            omp = ["-fopenmp"] if gomp else []
-            # -z defs: a compiler whose -fopenmp targets another runtime (clang's libomp) fails
-            # here rather than when the library loads.
-            link = [str(gomp), f"-Wl,-rpath,{gomp.parent}", "-Wl,-z,defs"] if gomp else []
-            compile_ = [*cc, *flags, *omp, "-c", str(SOURCE), "-o", str(obj)]
-            for cmd in (compile_, [*cc, "-shared", str(obj), *link, "-o", str(lib)]):
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            for cmd in commands(Path(tmp)):
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
                     lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit {done.returncode}"]
                     detail = next((ln for ln in lines if "error" in ln), lines[0])
                     return None, f"`{' '.join(cmd)}` failed: {detail.strip()}"
-            os.replace(lib, target)
+            os.replace(Path(tmp) / name, target)
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"could not build in {target.parent}: {e}"
     return target, ""
+
+
+def _compiler_id(cc: list[str]) -> tuple:
+    stat = os.stat(cc[0])  # a compiler upgraded in place changes size or mtime
+    return cc, stat.st_size, stat.st_mtime_ns
+
+
+def _compile(cc: list[str], flags: tuple[str, ...], gomp: Path | None) -> tuple[Path | None, str]:
+    """The library for this source/compiler/flags/CPU, compiled unless the cache holds it; or None and why."""
+    parts = (SOURCE.read_bytes(), HEADER.read_bytes(), *_compiler_id(cc), flags, gomp, platform.machine(), _cpu_id())
+
+    def commands(tmp: Path) -> list[list[str]]:
+        # Two steps so that -fopenmp does not also link the system libgomp (a second OpenMP
+        # runtime with its own threads): the link names the file torch loaded instead.
+        omp = ["-fopenmp"] if gomp else []
+        # -z defs: a compiler whose -fopenmp targets another runtime (clang's libomp) fails
+        # here rather than when the library loads.
+        link = [str(gomp), f"-Wl,-rpath,{gomp.parent}", "-Wl,-z,defs"] if gomp else []
+        return [[*cc, *flags, *omp, "-c", str(SOURCE), "-o", str(tmp / "kernels.o")],
+                [*cc, "-shared", str(tmp / "kernels.o"), *link, "-o", str(tmp / "kernels.so")]]
+
+    return _cached_build("kernels.so", parts, commands)
 
 
 def build(flags: tuple[str, ...] = FLAGS) -> tuple[Kernel | None, str]:
@@ -176,6 +193,90 @@ def check(code: int) -> None:
     if code:
         raise MemoryError("native kernel: out of memory") if code == -2 else \
             RuntimeError(f"native kernel: bad matrix descriptor (code {code})")
+
+
+@lru_cache(maxsize=4096)
+def _descriptor(fmt: str, group: int, n: int, k: int, codes: int, scales: int, mins: int | None) -> Matrix:
+    # Keyed on everything the descriptor holds: a hit is exactly the descriptor a fresh one would
+    # be, even where freed buffers' addresses were reused. Made once, a call stays one C call.
+    return Matrix(FORMATS[fmt], group, n, k, codes, scales, mins)
+
+
+def descriptor(fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group: int) -> Matrix:
+    """The descriptor of W [N, K] held as QuantLinear holds it (scales [N, K/group, 1], contiguous
+    CPU tensors, float32 scales: the caller checks); it must keep them alive while the kernel runs."""
+    n, k = scales.shape[0], scales.shape[1] * group
+    return _descriptor(fmt, group, n, k, codes.data_ptr(), scales.data_ptr(),
+                       mins.data_ptr() if mins is not None else None)
+
+
+def matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
+           fmt: str, group: int) -> torch.Tensor:
+    """y = x W^T for float32 x [..., K] (contiguous, a few rows) on W's codes: tl_matmul."""
+    y = x.new_empty(*x.shape[:-1], scales.shape[0])
+    check(load().lib.tl_matmul(descriptor(fmt, codes, scales, mins, group), x.data_ptr(), y.data_ptr(),
+                               x.numel() // x.shape[-1], torch.get_num_threads()))
+    return y
+
+
+# The operator a compiled graph calls in `matmul`'s place (see the module docstring): its schema
+# and its shape function, for tracing, registered at import; its CPU kernel by `register_op()`.
+_LIBRARY = torch.library.Library("tinyllm", "DEF")
+_LIBRARY.define("native_matmul(Tensor x, Tensor codes, Tensor scales, Tensor? mins, str fmt, int group) -> Tensor")
+
+
+@torch.library.register_fake("tinyllm::native_matmul", lib=_LIBRARY)
+def _matmul_shape(x, codes, scales, mins, fmt, group):
+    return x.new_empty(*x.shape[:-1], scales.shape[0])
+
+
+def _op_library(kernel: Kernel) -> tuple[Path | None, str]:
+    """kernels_op.cpp built against this torch's headers and linked to `kernel`'s library."""
+    from torch._inductor import cpp_builder, exc
+    from torch.utils import cpp_extension
+
+    try:
+        cxx = [cpp_builder.get_cpp_compiler()]  # the C++ compiler Inductor compiles with ($CXX, else g++)
+    except exc.InvalidCxxCompiler:
+        return None, "no C++ compiler ($CXX, g++)"
+    cxx = [shutil.which(cxx[0]) or cxx[0]]
+    flags = ("-O2", "-std=c++20", "-fPIC", "-shared", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
+    includes = [f"-I{d}" for d in (*cpp_extension.include_paths(), SOURCE.parent)]
+    libs = [arg for d in cpp_extension.library_paths() for arg in (f"-L{d}", f"-Wl,-rpath,{d}")]
+    parts = (OP_SOURCE.read_bytes(), HEADER.read_bytes(), *_compiler_id(cxx), flags, torch.__version__,
+             torch.__file__, kernel.path)
+
+    def commands(tmp: Path) -> list[list[str]]:
+        return [[*cxx, *flags, *includes, str(OP_SOURCE), str(kernel.path), f"-Wl,-rpath,{kernel.path.parent}", *libs,
+                 "-lc10", "-ltorch_cpu", "-o", str(tmp / "kernels_op.so")]]
+
+    return _cached_build("kernels_op.so", parts, commands)
+
+
+@lru_cache(maxsize=None)
+def register_op() -> str:
+    """Give tinyllm::native_matmul its CPU kernel, once a process (before compiling a graph that
+    calls it): kernels_op.cpp, built on first use, or, where that cannot be built, `matmul` itself
+    with Python between the graph and the kernel. Says which."""
+    path, why = _op_library(load())
+    if path is not None:
+        try:
+            torch.ops.load_library(str(path))
+            return f"C++ ({path})"
+        except OSError as e:
+            why = f"{path} does not load: {e}"
+    _LIBRARY.impl("native_matmul", matmul, "CPU")
+    return f"Python (the C++ operator cannot be built: {why})"
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, fmt: str,
+               group: int) -> torch.Tensor:
+    """W [N, K] in float32: tl_dequantize (what longer calls hand to BLAS)."""
+    n, k = scales.shape[0], scales.shape[1] * group
+    w = scales.new_empty((n, k))
+    check(load().lib.tl_dequantize(descriptor(fmt, codes, scales, mins, group), w.data_ptr(),
+                                   torch.get_num_threads()))
+    return w
 
 
 def report() -> str:

@@ -27,7 +27,8 @@ SIZED = {
     "gguf-q4_0-sized": Format("gguf-q4_0-sized", "llama.cpp", "gguf", None,
                               {"type": "q4_0", "target_bpw_of": "gguf-q8_0"}, what="Q4_0, sized to gguf-q8_0"),
 }
-FAST = ["--warmup", "0", "--repeats", "1", "--prompt-tokens", "8", "--decode-tokens", "4", "--calib-tokens", "2048"]
+FAST = ["--warmup", "0", "--repeats", "1", "--prompt-tokens", "8", "--decode-tokens", "4", "--calib-tokens", "2048",
+        "--no-compile"]
 
 
 @pytest.fixture(scope="module")

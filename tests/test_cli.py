@@ -41,7 +41,7 @@ def test_train_prints_perplexity_beside_unigram_baseline(tmp_path):
 
 def test_generate_chat_and_eval(trained_checkpoint):
     result = run("generate", trained_checkpoint, "--prompt", "Mira", "-n", "12", "--temperature", "0")
-    assert result.exit_code == 0 and result.output.startswith("Mira"), result.output
+    assert result.exit_code == 0 and result.stdout.startswith("Mira"), result.output
     result = run("chat", trained_checkpoint, "-n", "10", "--seed", "1", input="hello there\n/reset\nbye\n")
     assert result.exit_code == 0, result.output
     assert result.output.count("assistant> ") == 2

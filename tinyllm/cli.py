@@ -54,6 +54,10 @@ def sampling_options(fn):
         click.option("--max-new-tokens", "-n", type=int, default=200, show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)."),
+        click.option("--compile/--no-compile", "compile_step", default=None,
+                     help="PyTorch checkpoints: decode on a torch.compile'd step (compiled on first use and "
+                          "cached in ~/.cache/tinyllm/inductor; pays off on long generations) or eagerly "
+                          "[default: --no-compile; `tinyllm doctor` says why]."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -76,17 +80,28 @@ def stream(text: str) -> None:
     sys.stdout.flush()
 
 
+def open_runtime(model: Path, device: str, threads: int | None, compile_step: bool | None):
+    """The runtime for MODEL, ready to decode: a compiled step is compiled (or loaded) before any
+    text streams, and what that cost is said in one line on stderr."""
+    from tinyllm.runtime import load_runtime
+
+    runtime = load_runtime(model, device=device, threads=threads, compile=compile_step,
+                           log=lambda line: click.echo(line, err=True))
+    runtime.warm_up()
+    return runtime
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", default="", help="Text to continue (default: start from nothing).")
 @sampling_options
-def generate(model, prompt, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, device, threads):
+def generate(model, prompt, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, device, threads,
+             compile_step):
     """Continue PROMPT with the model in MODEL (a checkpoint directory), streaming the text."""
     from tinyllm.generate import generate_text
-    from tinyllm.runtime import load_runtime
 
     params = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens)
-    runtime = load_runtime(model, device=device, threads=threads)
+    runtime = open_runtime(model, device, threads, compile_step)
     stream(prompt)
     generate_text(runtime, prompt, max_new_tokens, params, on_text=stream, on_warning=warn)
     click.echo()
@@ -96,13 +111,13 @@ def generate(model, prompt, temperature, top_k, top_p, repetition_penalty, seed,
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--system", default=None, help="A system message that opens the conversation.")
 @sampling_options
-def chat(model, system, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, device, threads):
+def chat(model, system, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, device, threads,
+         compile_step):
     """Talk with the model in MODEL. One line per turn; /reset starts over, /exit or Ctrl-D ends."""
     from tinyllm.generate import ChatSession
-    from tinyllm.runtime import load_runtime
 
     params = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens)
-    runtime = load_runtime(model, device=device, threads=threads)
+    runtime = open_runtime(model, device, threads, compile_step)
     session = ChatSession(runtime, params, max_new_tokens, system)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -237,6 +252,11 @@ def doctor():
     except TinyLLMError as e:  # $TINYLLM_LLAMA_CPP names a directory without the tools
         click.echo(f"llama.cpp: {e}")
     click.echo(f"  tinyllm's build: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist -> {cache_dir() / 'bin'}")
+    from tinyllm.runtime.compiled import report as compile_report
+
+    click.echo("PyTorch decode step (torch.compile; tinyllm generate/chat --compile/--no-compile):")
+    for line in compile_report():
+        click.echo(f"  {line}")
     from quantize.modules import kernel_report
 
     click.echo("quantized matmuls (batch-1 decode path, timed on a 256x256 matrix here):")

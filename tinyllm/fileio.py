@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: nothing half-written is ever left under a final name.
+"""Atomic file and directory writes: nothing half-written is ever left under a final name; and
+the per-user cache directory that tinyllm's builds (kernels, compiled graphs) live in.
 
 Files are written to a temporary sibling and `os.replace`d into place; directories are built
 under a temporary sibling name and renamed into place, so a reader sees the old thing or the new
@@ -13,6 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """($XDG_CACHE_HOME or ~/.cache)/tinyllm/<parts>: where builds made on first use are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "tinyllm", *parts)
 
 
 def _umask() -> int:

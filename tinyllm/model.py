@@ -49,10 +49,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated to `max_len`.
+    """Keys and values of every layer, preallocated to `max_len` positions.
 
     Shapes are [batch, n_kv_heads, max_len, head_dim]: grouped-query attention stays grouped in
-    the cache. `length` is the number of positions filled; a forward pass appends after it.
+    the cache. A forward pass writes its new positions where it is told and attends over the
+    whole buffer under a mask, so every step has the same shapes whatever the position (what lets
+    `torch.compile` capture one decode step for all of them, as gpt-fast does). `length`, the
+    number of positions filled, is bookkeeping for `Transformer.forward` and its callers.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int = 1, max_len: int | None = None,
@@ -61,14 +64,16 @@ class KVCache:
         shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.slots = torch.arange(self.max_len, device=device)
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ([B, n_kv, T, hd]) after the filled positions; return all keys/values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def update(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v ([B, n_kv, T, hd]) at positions `pos` ([T]); return the layer's whole key and
+        value buffers and the mask [T, max_len] of what each new position may attend to: itself,
+        the positions before it, nothing not yet written."""
+        self.keys[layer].index_copy_(2, pos, k)
+        self.values[layer].index_copy_(2, pos, v)
+        return self.keys[layer], self.values[layer], self.slots <= pos[:, None]
 
     def reset(self) -> None:
         self.length = 0
@@ -83,25 +88,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.d_model, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, pos=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
+        mask = None
         if cache is not None:
-            past = cache.length
-            k, v = cache.update(layer, k, v)
-        if past == 0 or T == 1:
-            # A single new token may attend to everything; a fresh prompt is plainly causal.
-            mask, causal = None, T > 1
-        else:
-            # New tokens after a cached prefix: SDPA's is_causal aligns to the top-left corner,
-            # which would be wrong here, so spell the bottom-right-aligned mask out.
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+            k, v, mask = cache.update(layer, pos, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -127,8 +123,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, pos=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -163,12 +159,18 @@ class Transformer(nn.Module):
         limit = cache.max_len if cache is not None else self.config.max_seq_len
         if start + T > min(limit, self.config.max_seq_len):
             raise ValueError(f"{start + T} positions exceed the context of {min(limit, self.config.max_seq_len)}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        x = self.embed_tokens(idx)
-        for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, cache, i)
+        logits = self.forward_at(idx, torch.arange(start, start + T, device=idx.device), cache)
         if cache is not None:
             cache.length += T
+        return logits
+
+    def forward_at(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The pass itself: tokens [B, T] at positions `pos` ([T], in range). It reads no Python
+        state that changes from call to call, which is what a compiled decode step needs."""
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        x = self.embed_tokens(idx)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, pos, cache, i)
         return self.lm_head(self.norm(x))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -38,11 +38,14 @@ from tinyllm.cli_support import Command
 @click.option("--calib-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
               help="Calibration tokens (from the training split) for torch-int4-gptq and for llama-imatrix, "
                    "which gets the same tokens as text.")
+@click.option("--compile/--no-compile", "compile_step", default=True, show_default=True,
+              help="torch-* rows: decode on the torch.compile'd step (its compile time in the 'compile s' column) "
+                   "or eagerly.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a row breaks its bound or cannot be measured.")
 @click.option("--llama-cpp", "llama_cpp_dir", type=click.Path(path_type=Path), default=None,
               help="Directory with llama.cpp's binaries [$TINYLLM_LLAMA_CPP, the tinyllm cache, PATH].")
 def main(checkpoint, formats_spec, data, n_ctx, threads, out, device, prompt_tokens, decode_tokens, warmup, repeats,
-         calib_tokens, strict, llama_cpp_dir):
+         calib_tokens, compile_step, strict, llama_cpp_dir):
     """Measure CHECKPOINT (a float32 checkpoint directory) in every format on the same text.
 
     Makes the artifacts it needs (cached in OUT/artifacts by content), then reports per format:
@@ -63,7 +66,7 @@ def main(checkpoint, formats_spec, data, n_ctx, threads, out, device, prompt_tok
     command = "tinyllm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results = run_bench(checkpoint, formats, out, data, n_ctx, threads, device, prompt_tokens, decode_tokens,
                         warmup, repeats, llama_cpp_dir, calib_tokens, log=lambda line: click.echo(line, err=True),
-                        command=command)
+                        command=command, compile_step=compile_step)
     paths = write_outputs(results, out)
     click.echo(terminal_table(results))
     click.echo(f"report: {paths['report']}  (results: {paths['results']})")

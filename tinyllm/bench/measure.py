@@ -5,7 +5,9 @@ own and no row inherits another's allocator or thread pools. In that process:
 
   speed     batch 1: prefill of a P-token prompt from an empty cache; decode of N tokens fed one
             at a time with the cache, greedy, only the forward passes timed (sampling excluded);
-            `warmup` untimed runs, then `repeats` timed ones (median, min–max)
+            `warmup` untimed runs, then `repeats` timed ones (median, min–max). PyTorch rows decode
+            on the compiled step unless the bench is told --no-compile; the compile time
+            (`runtime.warm_up()`, before any timing) is recorded beside it
   memory    peak RSS (VmHWM) right after the speed runs: load + prefill + decode
   fidelity  every chunk of the text from an empty cache (llama-perplexity's method): PPL, and KL
             divergence / top-1 agreement against the float32 reference file (`kld.py`). The
@@ -17,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -76,18 +78,20 @@ def peak_rss_bytes(pid: int | str = "self") -> int | None:
 
 
 def measure_row(path: str, device: str, threads: int, chunks: list[list[int]], settings: SpeedSettings,
-                reference: str, write_reference: bool) -> dict:
+                reference: str, write_reference: bool, compile_step: bool = True) -> dict:
     """Everything the bench reports for one PyTorch/onnxruntime artifact (runs in the child)."""
     from tinyllm.bench.kld import Comparison, Reference, decode, encode
     from tinyllm.runtime import load_runtime
 
     rss_before = peak_rss_bytes()
-    runtime = load_runtime(path, device=device, threads=threads)
+    runtime = load_runtime(path, device=device, threads=threads, compile=compile_step)
+    compiling = runtime.warm_up()
     n_ctx = len(chunks[0])
     first = n_ctx // 2
     prompt = [t for chunk in chunks for t in chunk][:settings.prompt_tokens]
     prefill, decode_tps = time_speed(runtime, prompt, settings)
     row = {"describe": runtime.describe(), "prefill_tps": prefill, "decode_tps": decode_tps,
+           "compile": asdict(compiling) if compiling is not None else None,
            "peak_rss_bytes": peak_rss_bytes(), "rss_before_load_bytes": rss_before}
     if write_reference:
         n_vocab, stored = None, []

@@ -24,7 +24,7 @@ RUNTIME_STYLE = {  # runtime -> (marker, colour); fixed so the plots and reruns 
 _OTHER_STYLE = ("D", "tab:gray")
 
 COLUMNS = ("format", "runtime", "MiB", "bits/w", "PPL", "ΔPPL %", "KLD", "top-1 %",
-           "prefill tok/s", "decode tok/s", "RSS MiB", "build s", "status")
+           "prefill tok/s", "decode tok/s", "compile s", "RSS MiB", "build s", "status")
 _LEFT = {"format", "runtime"}  # names read better left-aligned, figures right-aligned
 
 
@@ -64,6 +64,14 @@ def _build(row: dict) -> str:
     return text + "*" if row.get("cached") else text
 
 
+def _compile(row: dict) -> str:
+    """The decode step's compile time, cold (compiled here) or warm (loaded from Inductor's cache)."""
+    c = row.get("compile") or {}
+    if not c.get("compiled"):
+        return DASH
+    return f"{_fmt(c.get('seconds'), '.1f')} {'warm' if c.get('cached') else 'cold'}"
+
+
 def status(row: dict) -> str:
     if row.get("error"):
         return "error"
@@ -79,7 +87,7 @@ def _cells(row: dict) -> list[str]:
         _mib(row.get("size_bytes")), _fmt(row.get("bits_per_weight"), ".2f"),
         _fmt(row.get("ppl"), ".4f"), _fmt(row.get("delta_ppl_pct"), "+.3f"),
         _kld(row.get("kld_mean")), _fmt(None if top1 is None else 100 * top1, ".2f"),
-        _tps(row.get("prefill_tps")), _tps(row.get("decode_tps")),
+        _tps(row.get("prefill_tps")), _tps(row.get("decode_tps")), _compile(row),
         _fmt(None if row.get("peak_rss_bytes") is None else row["peak_rss_bytes"] / 2**20, ".0f"),
         _build(row), status(row),
     ]
@@ -227,7 +235,9 @@ def markdown_report(results: dict, plots: dict[str, str]) -> str:
     if _footnote(results):
         out += [_footnote(results), ""]
     out += ["MiB: weight file(s) the runtime loads. ΔPPL, KLD and top-1 are against torch-f32. "
-            "Rates are median (min–max) tokens per second. status: FLAG means a bound was broken, "
+            "Rates are median (min–max) tokens per second. compile s: the time the PyTorch decode "
+            "step took to compile (cold) or to load from Inductor's cache (warm), paid once before "
+            "decoding; — where decode runs without one. status: FLAG means a bound was broken, "
             "error means the format could not be measured.", ""]
     described = [r for r in results.get("rows", []) if r.get("source") or r.get("describe")]
     if described:

@@ -62,8 +62,10 @@ def versions(llama_cpp: LlamaCpp | None) -> dict:
 
 class Bench:
     def __init__(self, checkpoint: Path, out: Path, data: str, n_ctx: int | None, threads: int, device: str,
-                 speed: SpeedSettings, llama_cpp: LlamaCpp | None, calib_tokens: int, log: Callable[[str], None]):
+                 speed: SpeedSettings, llama_cpp: LlamaCpp | None, calib_tokens: int, log: Callable[[str], None],
+                 compile_step: bool = True):
         self.checkpoint, self.out, self.data, self.threads, self.device = checkpoint, out, data, threads, device
+        self.compile_step = compile_step
         self.config = ModelConfig.load(checkpoint / CONFIG_FILE)
         self.text = evaluation_text(self.config, data)
         self.n_ctx = n_ctx or self.config.max_seq_len
@@ -102,7 +104,7 @@ class Bench:
                     row["notes"] = [f"llama-perplexity -f (llama.cpp tokenizing) not run: {e}"]
         else:
             row.update(in_child(measure_row, str(artifact.path), self.device, self.threads, self.chunks, self.speed,
-                                str(self.reference), fmt.name == REFERENCE))
+                                str(self.reference), fmt.name == REFERENCE, self.compile_step))
         return row
 
     def check_server(self, rows: dict[str, dict]) -> dict | None:
@@ -126,7 +128,8 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
               n_ctx: int | None = None, threads: int | None = None, device: str = "cpu",
               prompt_tokens: int | None = None, decode_tokens: int | None = None, warmup: int = 1,
               repeats: int = 5, llama_cpp_dir: str | Path | None = None,
-              calib_tokens: int = 16384, log: Callable[[str], None] = print, command: str = "") -> dict:
+              calib_tokens: int = 16384, log: Callable[[str], None] = print, command: str = "",
+              compile_step: bool = True) -> dict:
     checkpoint, out = check_checkpoint_dir(checkpoint), Path(out)
     from quantize.checkpoint import quantization_info
 
@@ -143,7 +146,7 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
     decode_tokens = decode_tokens or max(1, min(64, config.max_seq_len - prompt_tokens))
     speed = SpeedSettings(prompt_tokens, decode_tokens, warmup, repeats)
     out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(checkpoint, out, data, n_ctx, threads, device, speed, llama_cpp, calib_tokens, log)
+    bench = Bench(checkpoint, out, data, n_ctx, threads, device, speed, llama_cpp, calib_tokens, log, compile_step)
     # torch-f32 goes first: its logits are the reference file every other row is compared against.
     order = [FORMATS[REFERENCE]] + [f for f in formats if f.name != REFERENCE]
     rows: dict[str, dict] = {}
@@ -183,7 +186,7 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
         "data": {"source": data, "chars": len(bench.text), "tokens": len(bench.tokens), "n_ctx": bench.n_ctx,
                  "chunks": len(bench.chunks),
                  "scored_tokens": len(bench.chunks) * (bench.n_ctx - 1 - bench.n_ctx // 2)},
-        "speed": {**asdict(speed),
+        "speed": {**asdict(speed), "compile": compile_step,
                   "llama_bench_flags": bench_flags(speed, threads, bench.ngl) if needs_llama else None},
         "bounds": {"parity_pct": PARITY_PCT, "rows": {n: r["bound"]["text"] for n, r in rows.items()}},
         "rows": list(rows.values()),

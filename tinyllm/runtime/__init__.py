@@ -7,12 +7,15 @@ whose config.json has a `quantization_config`, on its codes). Everything above
 """
 
 from pathlib import Path
+from typing import Callable
 
 from tinyllm.runtime.base import Runtime
 
 
-def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runtime:
-    """Open a model file or directory with the backend its format needs."""
+def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = None, compile: bool | None = None,
+                 log: Callable[[str], None] | None = None) -> Runtime:
+    """Open a model file or directory with the backend its format needs. `compile` and `log`
+    are the PyTorch backend's (its compiled decode step: on, off, or None for the default)."""
     path = Path(path)
     if path.suffix == ".gguf":
         from tinyllm.runtime.llama_cpp_runtime import LlamaCppRuntime
@@ -27,10 +30,10 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
     if quantization_info(path) is not None:
         from tinyllm.runtime.quantized_runtime import QuantizedTorchRuntime
 
-        return QuantizedTorchRuntime.load(path, device=device, threads=threads)
+        return QuantizedTorchRuntime.load(path, device=device, threads=threads, compile=compile, log=log)
     from tinyllm.runtime.torch_runtime import TorchRuntime
 
-    return TorchRuntime.load(path, device=device, threads=threads)
+    return TorchRuntime.load(path, device=device, threads=threads, compile=compile, log=log)
 
 
 __all__ = ["Runtime", "load_runtime"]

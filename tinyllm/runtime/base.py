@@ -22,6 +22,10 @@ class Runtime(ABC):
     n_ctx: int  # the most positions the cache holds
     metadata: dict = {}  # what tinyllm recorded with the model: preset, training data source…
 
+    def warm_up(self) -> object:
+        """Get ready to decode before the first token (the PyTorch backend compiles its decode
+        step here), so that a command can say what it cost before streaming any text."""
+
     @abstractmethod
     def reset(self) -> None:
         """Forget every cached position."""
