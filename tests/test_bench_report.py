@@ -154,21 +154,23 @@ def test_write_outputs(results, tmp_path):
     original = copy.deepcopy(results)
     out = tmp_path / "bench"
     paths = write_outputs(results, out)
-    assert set(paths) == {"results", "report", "ppl_vs_bpw", "speed"}
+    assert set(paths) == {"results", "report", "ppl_vs_bpw", "kld_vs_bpw", "speed"}
     assert results == original  # nothing written back into the caller's dict
     assert json.loads(paths["results"].read_text(encoding="utf-8")) == results
-    for key in ("ppl_vs_bpw", "speed"):
+    for key in ("ppl_vs_bpw", "kld_vs_bpw", "speed"):
         assert paths[key].read_bytes()[:8] == PNG_SIGNATURE
         pixels = image.imread(paths[key])
         assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200
         assert pixels.std() > 0.01  # something was drawn, not a blank canvas
     report = paths["report"].read_text(encoding="utf-8")
     assert "](ppl_vs_bpw.png)" in report and "](speed.png)" in report
-    assert sorted(p.name for p in out.iterdir()) == ["ppl_vs_bpw.png", "report.md", "results.json", "speed.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["kld_vs_bpw.png", "ppl_vs_bpw.png", "report.md", "results.json",
+                                                     "speed.png"]
 
 
 def test_plot_with_nothing_measured(results, tmp_path):
     pytest.importorskip("matplotlib")
     results["rows"] = [_error_row("torch-f32", "torch", "checkpoint not found")]
-    assert plot(results, tmp_path) == {"ppl_vs_bpw": "ppl_vs_bpw.png", "speed": "speed.png"}
+    assert plot(results, tmp_path) == {"ppl_vs_bpw": "ppl_vs_bpw.png", "kld_vs_bpw": "kld_vs_bpw.png",
+                                       "speed": "speed.png"}
     assert (tmp_path / "speed.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -8,6 +8,7 @@ by the same method, against the same float32 reference.
     llama_rows.py  GGUF rows by llama.cpp's own tools: llama-perplexity, llama-bench, llama-server
     machine.py     the machine record written beside every figure
     runner.py      one run: text, tokens, the rows in order, bounds and parity
+    frontier.py    bits per weight against KLD: the Pareto fronts, the goal against llama.cpp + imatrix
     report.py      the terminal table, results.json, report.md and the plots
     cli.py         `tinyllm-bench` / `tinyllm bench`
 """

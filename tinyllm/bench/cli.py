@@ -34,7 +34,8 @@ from tinyllm.cli_support import Command
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed runs; the median and min–max are reported.")
 @click.option("--calib-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
-              help="Calibration tokens for torch-int4-gptq (from the training split).")
+              help="Calibration tokens (from the training split) for torch-int4-gptq and for llama-imatrix, "
+                   "which gets the same tokens as text.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a row breaks its bound or cannot be measured.")
 @click.option("--llama-cpp", "llama_cpp_dir", type=click.Path(path_type=Path), default=None,
               help="Directory with llama.cpp's binaries [$TINYLLM_LLAMA_CPP, the tinyllm cache, PATH].")

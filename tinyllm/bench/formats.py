@@ -15,12 +15,24 @@ held to its source's PPL within LEVEL4_PCT and to a KL divergence at most KLD_VS
 llama.cpp's on the same blocks (which rounds activations to q8_0 the same way); onnx-int4-level0
 computes in float32 and must reproduce its source exactly. `onnx-int4-genai-builder` is the other
 anchor: onnxruntime-genai's own model builder run on the float32 checkpoint.
+The reference at its best (issue 13): `llama-imatrix` runs on gguf-f32 over the calibration text
+the calibrated rows use (the first --calib-tokens of the training split, `calibration-text`), and
+`llama-quantize --imatrix` makes Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and Q6_K from it (`gguf-*-imatrix`),
+each beside the same type without the imatrix (`gguf-*-llama-quantize`). `frontier.py` flags each
+imatrix point that no tinyllm-made file dominates.
+
+A row can be sized by another: `params["target_bpw_of"] = NAME` makes the artifact of NAME first and
+hands its measured bits per weight (whole file bits / parameters) to this row's maker as
+`target_bpw`. A verbatim export of such a row inherits the target (see `target_of`), and a GGUF row
+with a target must land within ±BPW_TOLERANCE of it (only GGUF rows: the bits per weight a target
+means are a whole GGUF file's, tokenizer included, which a checkpoint's weights file is not).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tinyllm.bench.frontier import KLD_FACTOR
 from tinyllm.errors import TinyLLMError
 
 REFERENCE = "torch-f32"
@@ -31,6 +43,9 @@ GPTQ_GOAL = 0.5  # calibrated int4's ΔPPL at most this fraction of llama-quanti
 # on the test model (docs/onnx.md); the bound leaves room for other models and CPUs' kernels.
 LEVEL4_PCT = 0.1
 KLD_VS_Q4_0 = 1.5  # onnx-int4's mean KLD at most this multiple of gguf-q4_0's (the issue's goal)
+BPW_TOLERANCE = 0.02  # a row sized to another's bits per weight lands within ±2% of it
+# llama-quantize's types the imatrix reference covers, with the ΔPPL ceiling each is held to.
+LLAMA_QUANTIZE_TYPES = {"Q2_K": 25.0, "Q3_K_M": 10.0, "Q4_K_M": 5.0, "Q5_K_M": 2.0, "Q6_K": 1.0}
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,22 @@ class Format:
     @property
     def gguf(self) -> bool:
         return self.runtime == "llama.cpp"
+
+    @property
+    def imatrix(self) -> bool:
+        return bool(self.params.get("imatrix"))
+
+    @property
+    def inputs(self) -> list[str]:
+        """The formats whose artifacts this one is made from or sized by (their keys are in its key)."""
+        names = [self.source] if self.source else []
+        if self.make == "llama-imatrix":
+            names.append("calibration-text")
+        if self.imatrix:
+            names.append("imatrix")
+        if self.params.get("target_bpw_of"):
+            names.append(self.params["target_bpw_of"])
+        return names
 
 
 def _formats() -> dict[str, Format]:
@@ -85,10 +116,54 @@ def _formats() -> dict[str, Format]:
         Format("gguf-q4_0-llama-quantize", "llama.cpp", "llama-quantize", "gguf-f32", {"type": "Q4_0"}, 5.0,
                what="llama.cpp's llama-quantize Q4_0 of gguf-f32"),
     ]
+    for type_name, ceiling in LLAMA_QUANTIZE_TYPES.items():
+        rows.append(Format(f"gguf-{type_name.lower()}-llama-quantize", "llama.cpp", "llama-quantize", "gguf-f32",
+                           {"type": type_name}, ceiling, what=f"llama.cpp's llama-quantize {type_name} of gguf-f32"))
+        rows.append(Format(f"gguf-{type_name.lower()}-imatrix", "llama.cpp", "llama-quantize", "gguf-f32",
+                           {"type": type_name, "imatrix": True}, ceiling,
+                           what=f"llama-quantize {type_name} of gguf-f32 with llama-imatrix's importance matrix "
+                                "from the calibration text"))
     return {f.name: f for f in rows}
 
 
 FORMATS = _formats()
+# Artifacts that rows are made from but that are not measured themselves.
+INTERMEDIATES = {f.name: f for f in (
+    Format("calibration-text", "text", "calibration-text", None,
+           what="the calibration tokens of the GPTQ rows (the training split's first --calib-tokens), as text"),
+    Format("imatrix", "llama.cpp", "llama-imatrix", "gguf-f32",
+           what="llama-imatrix of gguf-f32 over calibration-text (--parse-special, chunks of the model's context)"),
+)}
+
+
+def lookup(name: str) -> Format:
+    """A row or an intermediate artifact, by name."""
+    return FORMATS[name] if name in FORMATS else INTERMEDIATES[name]
+
+
+def target_of(fmt: Format) -> str | None:
+    """The format whose size `fmt` is made to match: its own `target_bpw_of`, or its source's."""
+    if fmt.params.get("target_bpw_of"):
+        return fmt.params["target_bpw_of"]
+    return target_of(lookup(fmt.source)) if fmt.source else None
+
+
+def check_inputs(formats: dict[str, Format]) -> None:
+    """Every input names a known format and no format depends on itself (a table error, not input)."""
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise TinyLLMError(f"format {path[0]}: depends on itself ({' -> '.join(path + (name,))})")
+        known = formats.get(name) or INTERMEDIATES.get(name)
+        if known is None:
+            raise TinyLLMError(f"format {path[-1]}: is made from or sized by unknown format {name!r}")
+        for child in known.inputs:
+            visit(child, path + (name,))
+
+    for name in formats:
+        visit(name, ())
+
+
+check_inputs(FORMATS)
 
 
 def parse_formats(spec: str) -> list[Format]:
@@ -117,6 +192,10 @@ def bound_text(fmt: Format) -> str:
         parts.append(f"mean KLD ≤ {fmt.kld_vs[1]:g}× {fmt.kld_vs[0]}'s")
     if fmt.name == "torch-int4-gptq":
         parts.append(f"ΔPPL ≤ {GPTQ_GOAL:g}× llama-quantize Q4_0's")
+    if fmt.imatrix:
+        parts.append(f"the goal: a tinyllm file no larger with mean KLD ≤ {KLD_FACTOR:g}× its")
+    if fmt.gguf and target_of(fmt):
+        parts.append(f"bits/w within ±{100 * BPW_TOLERANCE:g}% of {target_of(fmt)}'s")
     return "; ".join(parts) or "the reference"
 
 
@@ -150,6 +229,10 @@ def check_bounds(rows: dict[str, dict]) -> None:
             if delta > max(goal, 0.0):
                 flags.append(f"{name}: ΔPPL {delta:+.3f}% is above {GPTQ_GOAL:g}× llama-quantize Q4_0's "
                              f"({goal:+.3f}%), the project's goal")
+        target, bpw = row.get("target_bpw"), row.get("bits_per_weight")
+        if fmt.gguf and target and bpw is not None and abs(bpw / target - 1) > BPW_TOLERANCE:
+            flags.append(f"{name}: {bpw:.3f} bits/w is {100 * (bpw / target - 1):+.1f}% off its target "
+                         f"{target:.3f} ({target_of(fmt)}'s), beyond ±{100 * BPW_TOLERANCE:g}%")
         row["bound"]["ok"] = not flags
 
 

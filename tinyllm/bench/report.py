@@ -1,4 +1,4 @@
-"""Presenting a `tinyllm-bench` results dict: a terminal table, report.md, two plots, results.json.
+"""Presenting a `tinyllm-bench` results dict: a terminal table, report.md, three plots, results.json.
 
 This module only reads the results dict (its schema is the contract with the measuring side) and
 never measures anything, so it can be tested on a synthetic dict and rerun on a saved results.json.
@@ -11,11 +11,12 @@ import json
 import math
 from pathlib import Path
 
+from tinyllm.bench.frontier import goal_line, llama_cpp_rows, pareto_front, tinyllm_files, tinyllm_rows
 from tinyllm.fileio import atomic_write, atomic_write_text
 
 DASH = "—"
-PLOT_FILES = {"ppl_vs_bpw": "ppl_vs_bpw.png", "speed": "speed.png"}
-RUNTIME_STYLE = {  # runtime -> (marker, colour); fixed so the two plots and reruns agree
+PLOT_FILES = {"ppl_vs_bpw": "ppl_vs_bpw.png", "kld_vs_bpw": "kld_vs_bpw.png", "speed": "speed.png"}
+RUNTIME_STYLE = {  # runtime -> (marker, colour); fixed so the plots and reruns agree
     "torch": ("o", "tab:blue"),
     "onnxruntime": ("s", "tab:orange"),
     "llama.cpp": ("^", "tab:green"),
@@ -163,7 +164,7 @@ def terminal_table(results: dict) -> str:
 
     out = [line(COLUMNS), "  ".join("-" * w for w in widths)] + [line(r) for r in rows] + [""]
     out += [machine_line(results), text_line(results), speed_line(results), parity_line(results)]
-    out += [x for x in (server_line(results), _footnote(results)) if x]
+    out += [x for x in (goal_line(results), server_line(results), _footnote(results)) if x]
     out += problem_lines(results)
     return "\n".join(out) + "\n"
 
@@ -191,6 +192,18 @@ def _method(results: dict) -> str:
         f"`llama-perplexity`, speed by `llama-bench {flags}`. Bits per weight is 8 × the size of the "
         f"weight file(s) the runtime loads ÷ {results.get('n_params', '?')} parameters of the float32 model."
     )
+
+
+def _goal_point(row: dict) -> str:
+    goal = row["goal"]
+    head = (f"- `{row.get('format', '?')}` ({_fmt(row.get('bits_per_weight'), '.2f')} bits/w, KLD "
+            f"{_kld(row.get('kld_mean'))}; the goal needs KLD ≤ {_kld(goal.get('kld_needed'))}): ")
+    if goal.get("dominated_by"):
+        return head + "dominated by " + ", ".join(f"`{n}`" for n in goal["dominated_by"])
+    if goal.get("best_fitting"):
+        return head + (f"NOT dominated; the best tinyllm GGUF file no larger is `{goal['best_fitting']}` at "
+                       f"{_fmt(goal.get('best_fitting_kld_ratio'), '.2f')}× its KLD")
+    return head + "NOT dominated; no tinyllm GGUF file is that small"
 
 
 def markdown_report(results: dict, plots: dict[str, str]) -> str:
@@ -225,6 +238,9 @@ def markdown_report(results: dict, plots: dict[str, str]) -> str:
         out.append("")
 
     out += ["## Parity", "", parity_line(results), ""]
+    if goal_line(results):
+        out += ["## Against llama.cpp + imatrix", "", goal_line(results), ""]
+        out += [_goal_point(r) for r in results.get("rows", []) if r.get("goal")] + [""]
     if server_line(results):
         out += ["## llama-server check", "", server_line(results), ""]
     problems = problem_lines(results)
@@ -233,6 +249,8 @@ def markdown_report(results: dict, plots: dict[str, str]) -> str:
     out += ["## Plots", ""]
     if plots.get("ppl_vs_bpw"):
         out += [f"![Perplexity against bits per weight]({plots['ppl_vs_bpw']})", ""]
+    if plots.get("kld_vs_bpw"):
+        out += [f"![Mean KLD against bits per weight, both Pareto fronts]({plots['kld_vs_bpw']})", ""]
     if plots.get("speed"):
         out += [f"![Prefill and decode speed]({plots['speed']})", ""]
     if not plots:
@@ -291,8 +309,14 @@ def _ppl_figure(plt, results: dict):
     base = next((r["ppl"] for r in rows if r.get("format") == "torch-f32"), None)
     if base is not None:
         ax.axhline(base, linestyle="--", color="black", linewidth=0.8, label=f"torch-f32 PPL {base:.4f}")
+    _bpw_axis(ax, rows, "perplexity", "Perplexity against bits per weight")
+    return fig
+
+
+def _bpw_axis(ax, rows: list[dict], ylabel: str, title: str) -> None:
+    """The x axis of bits per weight both size plots share, the legend, or a note that nothing was measured."""
     if rows:
-        # Bit widths span 4…32: a log axis spaces them evenly; plain numbers read better than 2^n.
+        # Bit widths span 2…32: a log axis spaces them evenly; plain numbers read better than 2^n.
         ax.set_xscale("log", base=2)
         lo, hi = min(r["bits_per_weight"] for r in rows), max(r["bits_per_weight"] for r in rows)
         ax.set_xlim(lo / 1.25, hi * 1.6)  # room on the right for the labels of the widest formats
@@ -303,9 +327,46 @@ def _ppl_figure(plt, results: dict):
     else:
         ax.text(0.5, 0.5, "no format measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("bits per weight (log scale)")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Perplexity against bits per weight")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
+
+
+def _kld_figure(plt, results: dict):
+    """Mean KLD against bits per weight (both log), llama.cpp's and tinyllm's Pareto fronts, the goal."""
+    rows = [r for r in results.get("rows", []) if _measured(r, "kld_mean", "bits_per_weight")
+            and r["bits_per_weight"] > 0 and r["kld_mean"] > 0]  # a log axis has no room for KLD ≤ 0
+    ours, theirs = tinyllm_files(rows), llama_cpp_rows(rows)
+    not_gguf = [r for r in tinyllm_rows(rows) if r not in ours]
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    groups = (("tinyllm GGUF", ours, "o", "tab:blue", "tab:blue"),
+              ("tinyllm checkpoint / ONNX (off the front)", not_gguf, "o", "none", "tab:blue"),
+              ("llama.cpp + imatrix", [r for r in theirs if r.get("imatrix")], "^", "tab:green", "tab:green"),
+              ("llama.cpp, no imatrix", [r for r in theirs if not r.get("imatrix")], "^", "none", "tab:green"))
+    for label, mine, marker, face, edge in groups:
+        if mine:
+            ax.scatter([r["bits_per_weight"] for r in mine], [r["kld_mean"] for r in mine], marker=marker,
+                       facecolors=face, edgecolors=edge, s=45, label=label, zorder=3)
+    for label, mine, colour in (("tinyllm front", ours, "tab:blue"), ("llama.cpp front", theirs, "tab:green")):
+        front = pareto_front(mine)
+        if len(front) > 1:
+            ax.step([r["bits_per_weight"] for r in front], [r["kld_mean"] for r in front], where="post",
+                    color=colour, linewidth=1.2, alpha=0.7, label=label)
+    points = [r for r in rows if r.get("goal")]
+    if points:
+        ax.scatter([r["bits_per_weight"] for r in points], [r["goal"]["kld_needed"] for r in points],
+                   marker="v", facecolors="none", edgecolors="black", s=30, label="goal (≤ bits/w, ≤ KLD)")
+        missed = [r for r in points if not r["goal"]["dominated_by"]]
+        if missed:
+            ax.scatter([r["bits_per_weight"] for r in missed], [r["kld_mean"] for r in missed], marker="o",
+                       facecolors="none", edgecolors="red", s=160, linewidths=1.2, label="not dominated", zorder=4)
+    for r in rows:
+        ax.annotate(r.get("format", "?"), (r["bits_per_weight"], r["kld_mean"]), textcoords="offset points",
+                    xytext=(5, 3), fontsize=6)
+    if rows:
+        ax.set_yscale("log")
+    _bpw_axis(ax, rows, "mean KL divergence vs torch-f32 (nats/token, log scale)",
+              "Mean KLD against bits per weight")
     return fig
 
 
@@ -342,14 +403,14 @@ def _speed_figure(plt, results: dict):
 
 
 def plot(results: dict, out_dir: Path) -> dict[str, str]:
-    """Write ppl_vs_bpw.png and speed.png into out_dir; return their file names (relative links)."""
+    """Write ppl_vs_bpw.png, kld_vs_bpw.png and speed.png into out_dir; return their file names (relative links)."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display, and no GUI backend picked up from the session
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, draw in (("ppl_vs_bpw", _ppl_figure), ("speed", _speed_figure)):
+    for name, draw in (("ppl_vs_bpw", _ppl_figure), ("kld_vs_bpw", _kld_figure), ("speed", _speed_figure)):
         fig = draw(plt, results)
         try:
             _save(fig, out_dir / PLOT_FILES[name])
@@ -373,7 +434,7 @@ def _strict_json(value):
 
 
 def write_outputs(results: dict, out_dir: Path) -> dict[str, Path]:
-    """results.json, the two plots and report.md in out_dir; returns {"results", "report", plot names}."""
+    """results.json, the plots and report.md in out_dir; returns {"results", "report", plot names}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The measurements first: they took the time, and must survive a failure in the presentation.

@@ -20,12 +20,13 @@ from typing import Callable
 from tqdm import tqdm
 
 from tinyllm import __version__
-from tinyllm.bench.artifacts import Artifacts
+from tinyllm.bench.artifacts import Artifacts, artifact_bytes
 from tinyllm.bench.formats import FORMATS, PARITY_PCT, REFERENCE, Format, check_bounds, parity
+from tinyllm.bench.frontier import goal_summary
 from tinyllm.bench.llama_rows import bench_flags, kl_divergence, llama_bench, server_check
 from tinyllm.bench.machine import machine_info, usable_cpus
 from tinyllm.bench.measure import SpeedSettings, in_child, measure_row
-from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_checkpoint_dir
+from tinyllm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_checkpoint_dir
 from tinyllm.config import ModelConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.llama_cpp import LlamaCpp, find_llama_cpp
@@ -45,15 +46,6 @@ def evaluation_text(config: ModelConfig, data: str) -> str:
         raise TinyLLMError("this checkpoint records no training data, so it has no validation split; pass --data FILE")
     _, val_docs = load_splits(DataSpec.from_dict(config.extra["data"]))
     return plain_text(val_docs)
-
-
-def artifact_bytes(fmt: Format, path: Path) -> int:
-    """The weight file(s) the runtime loads: safetensors, the ONNX graph and its data, the GGUF."""
-    if path.is_file():
-        return path.stat().st_size
-    if fmt.runtime == "onnxruntime":
-        return sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
-    return (path / WEIGHTS_FILE).stat().st_size
 
 
 def versions(llama_cpp: LlamaCpp | None) -> dict:
@@ -85,13 +77,17 @@ class Bench:
         self.speed, self.llama_cpp, self.log = speed, llama_cpp, log
         self.ngl = 0 if device == "cpu" else 999
         self.reference = out / REFERENCE_FILE
-        self.artifacts = Artifacts(checkpoint, out, llama_cpp, calib_tokens, log, device)
+        self.artifacts = Artifacts(checkpoint, out, llama_cpp, calib_tokens, log, threads, device)
 
     def measure(self, fmt: Format) -> dict:
         artifact = self.artifacts.get(fmt)
         row = {"format": fmt.name, "runtime": fmt.runtime, "source": fmt.what, "path": str(artifact.path),
+               "made_by": "llama.cpp" if fmt.make == "llama-quantize" else "tinyllm", "imatrix": fmt.imatrix,
                "build_seconds": artifact.build_seconds, "cached": artifact.cached,
                "size_bytes": artifact_bytes(fmt, artifact.path)}
+        target_bpw = self.artifacts.target_bpw(fmt)
+        if target_bpw is not None:
+            row["target_bpw"] = target_bpw
         if fmt.gguf:
             row["describe"] = f"{fmt.name} on llama.cpp ({self.llama_cpp.version()}), {self.threads} threads"
             row.update(kl_divergence(self.llama_cpp, artifact.path, self.reference, self.n_ctx, self.threads, self.ngl))
@@ -172,6 +168,7 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
         if row.get("size_bytes") is not None:
             row["bits_per_weight"] = 8 * row["size_bytes"] / n_params
     check_bounds(rows)
+    goal = goal_summary(rows)
     server = bench.check_server(rows) if needs_llama else None
     return {
         "tinyllm_version": __version__,
@@ -191,5 +188,6 @@ def run_bench(checkpoint: str | Path, formats: list[Format], out: str | Path, da
         "bounds": {"parity_pct": PARITY_PCT, "rows": {n: r["bound"]["text"] for n, r in rows.items()}},
         "rows": list(rows.values()),
         "parity": parity(rows),
+        "goal": goal,
         "server_check": server,
     }
