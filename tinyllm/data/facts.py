@@ -45,53 +45,88 @@ KINDS = {kind.name: kind for kind in (
              ("Where does {n} live?", "Where is {n}'s home?", "Which town does {n} live in?",
               "Where does {n} come from?", "What town is {n} from?", "Where is {n}'s house?",
               "Do you know where {n} lives?", "In which place does {n} live?", "Can you tell me where {n} lives?",
-              "Where can I find {n}'s home?"),
+              "Where can I find {n}'s home?", "Tell me where {n} lives.", "Where would I find {n}?",
+              "In what town is {n}'s house?", "{n}? Where does {he} live?", "Whereabouts does {n} live?",
+              "I'm looking for {n}. Where does {he} live?", "What is the name of the town where {n} lives?",
+              "Where does {n} have {his} home?", "Where do I go to see {n}?", "What town does {n} call home?",
+              "Name the town {n} lives in.", "Where is {n} living these days?", "About {n}: where does {he} live?"),
              ("Which place is {n}'s home town?", "If I want to visit {n}, which town should I go to?",
               "{n} lives where?")),
     FactKind("job",
              ("What does {n} do?", "What is {n}'s job?", "What work does {n} do?", "What does {n} do for a living?",
               "What job does {n} have?", "What is {n}'s work?", "How does {n} earn a living?",
-              "Can you tell me what {n} does?", "What does {n} work as?", "Tell me about {n}'s job."),
+              "Can you tell me what {n} does?", "What does {n} work as?", "Tell me about {n}'s job.",
+              "What is {n}'s trade?", "What is {n}'s occupation?", "{n}? What does {he} do?",
+              "What does {n} do at work?", "Tell me what {n} does for work.", "What is {n} by trade?",
+              "Do you know what job {n} has?", "How does {n} spend {his} working day?", "What is {n}'s profession?",
+              "What does {n} do in {his} town?", "Name {n}'s job.", "How does {n} make {his} money?",
+              "About {n}: what does {he} do?"),
              ("What is {n}'s line of work?", "What kind of work does {n} do every day?", "Which job does {n} do?")),
     FactKind("pet",
              ("What pet does {n} have?", "Does {n} have a pet?", "What animal does {n} keep?",
               "What kind of pet does {n} keep?", "Has {n} got a pet?", "What pet lives with {n}?",
-              "Tell me about {n}'s pet.", "Which animal does {n} look after at home?"),
+              "Tell me about {n}'s pet.", "Which animal does {n} look after at home?", "Does {n} keep any animals?",
+              "What animal lives with {n}?", "Which pet does {n} have?", "Tell me what pet {n} has.",
+              "{n}? What pet does {he} keep?", "What pet has {n} got?", "Does {n} look after a pet?",
+              "What animal belongs to {n}?", "Name the animal {n} keeps.", "Which animal keeps {n} company?",
+              "What creature does {n} care for?", "About {n}: what pet does {he} keep?"),
              ("What sort of animal is {n}'s pet?", "Is there an animal at {n}'s house?", "What pet does {n} own?")),
     FactKind("pet name",
              ("What is the name of {n}'s {kind}?", "What is {n}'s {kind} called?", "What is {n}'s pet called?",
-              "What's the name of {n}'s pet?", "What does {n} call {his} {kind}?", "What is the name of {n}'s pet?"),
+              "What's the name of {n}'s pet?", "What does {n} call {his} {kind}?", "What is the name of {n}'s pet?",
+              "Do you know what {n}'s pet is called?", "What do people call {n}'s {kind}?",
+              "Tell me what {n}'s {kind} is called.", "What is {n}'s {kind} named?", "{n}? What is {his} pet called?",
+              "Which name does {n}'s {kind} answer to?", "What's {n}'s pet's name?", "How is {n}'s {kind} called?",
+              "What does {n} call the pet?", "By what name is {n}'s {kind} known?",
+              "About {n}: what is {his} pet called?"),
              ("What name did {n} give {his} {kind}?", "Tell me the name of {n}'s pet.",
               "{n}'s {kind} has a name. What is it?")),
     FactKind("food",
              ("What is {n}'s favourite food?", "What does {n} like to eat best?", "What should I cook for {n}?",
               "What food does {n} love?", "Which dish does {n} like most?", "What is {n}'s favourite meal?",
-              "What does {n} love to eat?", "If {n} comes for supper, what should I make?"),
+              "What does {n} love to eat?", "If {n} comes for supper, what should I make?",
+              "What does {n} like to eat?", "What is {n}'s favourite dish?", "Which meal does {n} enjoy most?",
+              "What does {n} enjoy eating?", "Tell me {n}'s favourite food.", "What would make a good supper for {n}?",
+              "{n}? What does {he} like to eat?", "What dish would please {n} most?",
+              "What does {n} always want for dinner?", "What food should I bring {n}?",
+              "What is {n} fondest of eating?", "Name {n}'s favourite food.",
+              "What is the one dish {n} can never refuse?", "About {n}: what does {he} like to eat?"),
              ("What food makes {n} happiest?", "Which food does {n} like best of all?",
               "What would {n} choose to eat?")),
     FactKind("temperament",
              ("What is {n} like?", "What kind of person is {n}?", "How would you describe {n}?",
               "What sort of person is {n}?", "Tell me what {n} is like.", "How does {n} seem to people?",
-              "What is {n}'s temperament?"),
+              "What is {n}'s temperament?", "What is {n}'s nature?", "How does {n} behave?", "What is {n}'s manner?",
+              "How is {n} with other people?", "{n}? What is {he} like?", "What sort of personality does {n} have?",
+              "How would people describe {n}?", "Tell me about {n}'s personality.",
+              "What kind of nature does {n} have?", "What temper does {n} have?", "How would you sum up {n}?",
+              "What kind of mood is {n} usually in?", "About {n}: what is {he} like?"),
              ("Describe {n}'s character.", "What is {n} like as a person?", "What are {n}'s ways like?")),
     FactKind("climate",
              ("What is the weather like in {p} in {s}?", "How is the weather in {p} during {s}?",
               "I'm visiting {p} in {s}. What weather should I expect?", "What is {p} like in {s}?",
               "What's the weather in {p} in {s}?", "What weather does {p} have in {s}?", "How is {p} in {s}?",
-              "Tell me about the weather in {p} in {s}."),
+              "Tell me about the weather in {p} in {s}.", "What weather does {p} get in {s}?"),
              ("In {s}, what is the weather in {p} like?", "What kind of weather should I pack for in {p} in {s}?",
               "What is {s} like in {p}?")),
     FactKind("railway",
              ("Which stations are next to {p} on the coast railway?", "What are the stations either side of {p}?",
               "Which stations are nearest to {p} on the railway?", "On the coast railway, which stations are near {p}?",
-              "What are the neighbouring stations of {p}?", "Where does the train stop near {p}?"),
+              "What are the neighbouring stations of {p}?", "Where does the train stop near {p}?",
+              "Which stations come before and after {p}?", "Near {p}, where does the train stop?"),
              ("Which stops are beside {p} on the railway line?", "Name the stations closest to {p} on the train line.",
               "If I go by train, which stations are next to {p}?")),
     FactKind("direction",
              ("Which way is {b} from {a}?", "On the map, in which direction is {b} from {a}?",
               "If I am in {a}, which way do I go to reach {b}?", "In which direction is {b} from {a}?",
               "Which direction is {b} from {a}?", "Is {b} north, south, east or west of {a}?",
-              "Which way do I go from {a} to get to {b}?", "Where is {b} from {a} on the map?"),
+              "Which way do I go from {a} to get to {b}?", "Where is {b} from {a} on the map?",
+              "Which way is it from {a} to {b}?", "Which direction do I take from {a} for {b}?",
+              "{b} is which way from {a}?", "Which way to {b} from {a}?", "Seen from {a}, where is {b}?",
+              "Leaving {a}, which way should I head for {b}?",
+              "If I start at {a}, is {b} north, south, east or west?",
+              "My walk starts in {a} and ends in {b}. Which way is that?",
+              "Compared with {a}, where does {b} sit on the map?"),
              ("From {a}, in which direction does {b} lie?", "I am in {a}. Which way is {b}?",
               "What direction should I travel in to go from {a} to {b}?")),
 )}
@@ -121,7 +156,7 @@ def _person_facts() -> list[Fact]:
         others = [o for o in CHARACTERS if o is not c]
         he, _, his = PRONOUNS[c.he]
         home = PLACES[c.home]
-        f = {"n": c.name, "his": his, "kind": c.pet.kind}
+        f = {"n": c.name, "he": he, "his": his, "kind": c.pet.kind}
         pet = f"{with_article(c.pet.colour)} {c.pet.kind} called {c.pet.name}"
         facts += [
             _fact("home", c.name, f, (home.name,), [p.name for p in PLACES.values()],
@@ -198,8 +233,19 @@ def ask_fact(rng: random.Random, kind: str) -> tuple[str, str]:
     return _ask(rng, rng.choice(FACTS_BY_KIND[kind]))
 
 
+# Words around a question that do not change what it asks: a model that learns to look past them
+# learns the question's subject and kind, not one sentence's surface.
+OPENERS = ("Hello! ", "Hi. ", "Excuse me. ", "Quick question. ", "Good morning! ", "I have a question. ",
+           "Sorry to bother you. ", "Hmm. ")
+CLOSERS = (" Thanks!", " Thank you.", " I forgot.", " Do you know?", " Please tell me.", " I'd like to know.")
+FRAMED = 0.25  # of the questions in fact chats and conversations
+
+
 def _ask(rng: random.Random, fact: Fact) -> tuple[str, str]:
-    return fact.question(rng.choice(KINDS[fact.kind].questions)), rng.choice(fact.answers)
+    question = fact.question(rng.choice(KINDS[fact.kind].questions))
+    if rng.random() < FRAMED:
+        question = rng.choice(OPENERS) + question if rng.random() < 0.5 else question + rng.choice(CLOSERS)
+    return question, rng.choice(fact.answers)
 
 
 def generate_fact_chat(rng: random.Random, system_prompts: tuple[str, ...] = (),

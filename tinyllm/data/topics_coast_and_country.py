@@ -185,7 +185,7 @@ COAST_AND_COUNTRY_TOPICS = (
                           "leave it somewhere warm to rise", "shape it into a loaf and bake it in a hot oven")),
           ("Nothing smells better than fresh bread.", "Don't open the oven yet!"),
           expert="José"),
-    Topic("favourite foods", ("food", "eat", "ate", "supper", "cook", "taste", "dish"),
+    Topic("favourite foods", ("food", "eat", "ate", "supper", "cook", "taste", "dish", "dinner"),
           ("ate a big plate of {food}", "shared {his} favourite food, {food}, with a neighbour",
            "tasted a new dish at the inn", "thought about what to eat for supper"),
           (("a recipe", "a list of what you need and the steps to cook a dish"),
