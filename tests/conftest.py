@@ -124,3 +124,12 @@ def mean_kld(reference, model, ids) -> float:
         p = torch.log_softmax(reference(ids).double(), -1)
         q = torch.log_softmax(model(ids).double(), -1)
     return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def one_line_error(result, *fragments: str) -> None:
+    """A CLI run that failed with exit status 1 and one line `Error: …` holding each fragment."""
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType, quants
 
-from conftest import in_ci
+from conftest import in_ci, one_line_error
 from quantize import native
 from quantize.checkpoint import load_quantized
 from quantize.modules import NATIVE_ROWS, PATHS, QuantLinear, fits
@@ -246,14 +246,6 @@ def test_load_runtime_runs_a_quantized_checkpoint(int4_checkpoint):
     result = CliRunner().invoke(tinyllm_main, ["generate", str(int4_checkpoint), "-p", "Mira", "-n", "5",
                                                "--temperature", "0"])
     assert result.exit_code == 0, result.output
-
-
-def one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_bad_input_gets_one_clear_line(trained_checkpoint, int4_checkpoint, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import mean_kld, validation_chunks
+from conftest import mean_kld, one_line_error, validation_chunks
 from gguf import GGUFReader, LlamaFileType, quants
 from safetensors.torch import load_file
 
@@ -271,14 +271,6 @@ def test_auto_gives_rows_narrower_than_256_the_32_block_types_and_says_so(traine
     entries = json.loads((out / "config.json").read_text())["quantization_config"]["tensors"]
     assert all(e["format"] in BLOCK_32 and set(e["kl_divergence"]) == set(BLOCK_32) for e in entries.values())
     assert all("32-block types only" in e["note"] for e in entries.values())
-
-
-def one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_bad_input_gets_one_clear_line(trained_checkpoint, k_checkpoint, k_quantized, tmp_path):
