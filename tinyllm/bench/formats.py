@@ -38,7 +38,10 @@ from tinyllm.errors import TinyLLMError
 REFERENCE = "torch-f32"
 PARITY = ("torch-f32", "onnx-f32", "gguf-f32")
 PARITY_PCT = 0.05  # |ΔPPL| the float32 runtimes (and verbatim exports of one set of blocks) may show
-GPTQ_GOAL = 0.5  # calibrated int4's ΔPPL at most this fraction of llama-quantize Q4_0's
+# Calibrated int4's mean KLD at most this fraction of llama-quantize Q4_0's. KLD, not ΔPPL: on the
+# demo's easy text a lossier file's perplexity can come out lower (measured: RTN +0.05%, GPTQ +0.17%,
+# with KLD 1.5e-3 against 5.5e-4).
+GPTQ_GOAL = 0.5
 # MatMulNBits at accuracy level 4 against the same blocks at level 0 (PPL, %): measured +0.003%
 # on the test model (docs/onnx.md); the bound leaves room for other models and CPUs' kernels.
 LEVEL4_PCT = 0.1
@@ -90,6 +93,7 @@ def _formats() -> dict[str, Format]:
         Format("torch-int4", "torch", "quantize", None, {"scheme": "int4", "method": "rtn"}, 5.0,
                what="int4 (q4_0 blocks), round to nearest"),
         Format("torch-int4-gptq", "torch", "quantize", None, {"scheme": "int4", "method": "gptq"}, 5.0,
+               kld_vs=("gguf-q4_0-llama-quantize", GPTQ_GOAL),
                what="int4 (q4_0 blocks), GPTQ-calibrated on the training split"),
         Format("onnx-f32", "onnxruntime", "onnx", None, max_delta_pct=PARITY_PCT,
                what="float32 fused ONNX graph (GroupQueryAttention, packed QKV)"),
@@ -210,8 +214,6 @@ def bound_text(fmt: Format) -> str:
         parts.append(f"PPL within {fmt.same_pct}% of {fmt.same_as} (same blocks)")
     if fmt.kld_vs:
         parts.append(f"mean KLD ≤ {fmt.kld_vs[1]:g}× {fmt.kld_vs[0]}'s")
-    if fmt.name == "torch-int4-gptq":
-        parts.append(f"ΔPPL ≤ {GPTQ_GOAL:g}× llama-quantize Q4_0's")
     if fmt.imatrix:
         parts.append(f"the goal: a tinyllm file no larger with mean KLD ≤ {KLD_FACTOR:g}× its")
     if fmt.gguf and target_of(fmt):
@@ -243,12 +245,6 @@ def check_bounds(rows: dict[str, dict]) -> None:
         if reference_kld is not None and row.get("kld_mean") is not None and row["kld_mean"] > factor * reference_kld:
             flags.append(f"{name}: mean KLD {row['kld_mean']:.5f} is above {factor:g}× {other}'s "
                          f"({reference_kld:.5f})")
-        reference_q4 = rows.get("gguf-q4_0-llama-quantize", {}).get("ppl")
-        if name == "torch-int4-gptq" and reference_q4 is not None:
-            goal = GPTQ_GOAL * 100 * (reference_q4 / base - 1)
-            if delta > max(goal, 0.0):
-                flags.append(f"{name}: ΔPPL {delta:+.3f}% is above {GPTQ_GOAL:g}× llama-quantize Q4_0's "
-                             f"({goal:+.3f}%), the project's goal")
         target, bpw = row.get("target_bpw"), row.get("bits_per_weight")
         if fmt.gguf and target and bpw is not None and abs(bpw / target - 1) > BPW_TOLERANCE:
             flags.append(f"{name}: {bpw:.3f} bits/w is {100 * (bpw / target - 1):+.1f}% off its target "
