@@ -32,6 +32,7 @@ from tinyllm.generate import stop_ids
 from tinyllm.runtime import load_runtime
 from tinyllm.sampling import SamplingParams
 from tinyllm.serve.app import Admission
+from tinyllm.serve.cli import bind
 from tinyllm.serve.llama_server import check_port_free, free_port, wait_healthy
 from tinyllm.serve.models import checkpoint_gguf
 from tinyllm.serve.onnx_engine import StopStrings
@@ -379,6 +380,17 @@ def test_serve_refuses_a_taken_port(gguf_export):
         result = CliRunner().invoke(tinyllm_cli, ["serve", str(gguf_export("f32")), "--port", str(port)])
     assert result.exit_code == 1
     assert f"port {port} on 127.0.0.1 is not available" in result.output and "--port" in result.output
+
+
+def test_the_servers_connections_send_without_waiting_for_acks():
+    """TCP_NODELAY on the listening socket, and so on every connection it accepts: without it each
+    kept-alive response stalled ~44 ms on a delayed ACK (docs/serving.md)."""
+    listener = bind("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            for sock in (listener, accepted):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_serve_refuses_a_context_longer_than_the_models(gguf_export, isolated_cache, monkeypatch):

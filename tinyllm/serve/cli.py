@@ -43,10 +43,14 @@ def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model loads; not inherited by llama-server."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as e:
         raise TinyLLMError(f"port {port} on {host} is not available ({e.strerror or e}); pick another with "
                            "--port, or --port 0 for a free one") from None
+    # Accepted connections inherit it. Without it every response on a kept-alive connection waited
+    # out a delayed ACK (Nagle): a fixed ~44 ms per request, /health included (0.7 ms with it).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 async def _serve(app, sock: socket.socket, engine, verbose: bool) -> str | None:
