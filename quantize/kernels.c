@@ -1,5 +1,6 @@
 /* Exact matmuls on GGML-style block codes with float32 activations: y = x W^T for a quantized
- * W [N, K], and W itself in float32. Built and loaded by quantize/native.py (plain C, no torch
+ * W [N, K], and W itself in float32; and the same product for a float32 W (F32), which at batch 1
+ * streams the weight faster than MKL's sgemv on small matrices (docs/runtimes.md). Built and loaded by quantize/native.py (plain C, no torch
  * headers, called through ctypes); its docstring says why this exists.
  *
  * Operands, as quantize/modules.py holds them:
@@ -131,6 +132,40 @@ static inline void dequant_block(int fmt, const char *codes, float d, float m, f
         vstore(out + j * LANES, vfmadd(v[j], vset1(d), vset1(m)));
 }
 
+/* F32: output rows [lo, hi) for every row of x; four weight rows share each load of x. */
+static void rows_f32(const float *w, const float *x, float *y, long m_rows, long n, long k, long lo, long hi) {
+    long kv = k - k % LANES;
+    for (long m = 0; m < m_rows; m++, x += k) {
+        long r = lo;
+        for (; r + 4 <= hi; r += 4) {
+            const float *w0 = w + r * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+            vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+            for (long i = 0; i < kv; i += LANES) {
+                vec xv = vload(x + i);
+                a0 = vfmadd(vload(w0 + i), xv, a0);
+                a1 = vfmadd(vload(w1 + i), xv, a1);
+                a2 = vfmadd(vload(w2 + i), xv, a2);
+                a3 = vfmadd(vload(w3 + i), xv, a3);
+            }
+            float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+            for (long i = kv; i < k; i++)
+                for (int j = 0; j < 4; j++)
+                    s[j] += w[(r + j) * k + i] * x[i];
+            for (int j = 0; j < 4; j++)
+                y[m * n + r + j] = s[j];
+        }
+        for (; r < hi; r++) {
+            vec a = vzero();
+            for (long i = 0; i < kv; i += LANES)
+                a = vfmadd(vload(w + r * k + i), vload(x + i), a);
+            float t = hsum(a);
+            for (long i = kv; i < k; i++)
+                t += w[r * k + i] * x[i];
+            y[m * n + r] = t;
+        }
+    }
+}
+
 #else
 #define KERNEL_ISA "portable C"
 
@@ -177,6 +212,15 @@ static inline void dequant_block(int fmt, const char *codes, float d, float m, f
     for (int i = 0; i < BLOCK; i++)
         out[i] = v[i] * d + m;
 }
+static void rows_f32(const float *w, const float *x, float *y, long m_rows, long n, long k, long lo, long hi) {
+    for (long m = 0; m < m_rows; m++)
+        for (long r = lo; r < hi; r++) {
+            float t = 0.0f;
+            for (long i = 0; i < k; i++)
+                t += w[r * k + i] * x[m * k + i];
+            y[m * n + r] = t;
+        }
+}
 #endif
 
 /* Output rows [lo, hi) for every row of x; each case is its own specialization, so the format and
@@ -212,11 +256,28 @@ static int valid(const struct tl_matrix *w) {
            (w->group == 32 || w->group == 64 || w->group == 128) && w->k % w->group == 0 && w->n > 0;
 }
 
+/* y = x W^T for a float32 W; rows split over threads in multiples of four (rows_f32's step). */
+static int matmul_f32(const struct tl_matrix *w, const float *x, float *y, long m_rows, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1 && w->n * w->k * m_rows >= PARALLEL_MIN)
+    {
+#ifdef _OPENMP
+        long t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        long t = 0, nt = 1;
+#endif
+        long lo = (w->n * t / nt) & ~3L, hi = t == nt - 1 ? w->n : (w->n * (t + 1) / nt) & ~3L;
+        rows_f32(w->codes, x, y, m_rows, w->n, w->k, lo, hi);
+    }
+    return 0;
+}
+
 const char *tl_isa(void) { return KERNEL_ISA; }
 
 /* y [m_rows, n] = x [m_rows, k] W^T, output rows split over `threads`. Returns 0, -1 for a format
  * or group size this does not know, -2 when out of memory. */
 int tl_matmul(const struct tl_matrix *w, const float *x, float *y, long m_rows, int threads) {
+    if (w->fmt == F32)
+        return w->n > 0 && w->k > 0 ? matmul_f32(w, x, y, m_rows, threads) : -1;
     if (!valid(w))
         return -1;
     if (m_rows <= 0)

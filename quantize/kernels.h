@@ -8,10 +8,10 @@
 extern "C" {
 #endif
 
-enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 };
+enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, F32 = 3 };
 
-/* One quantized matrix (mirrored in native.py as a ctypes Structure), so that a call passes one
- * pointer instead of seven arguments. */
+/* One matrix (mirrored in native.py as a ctypes Structure), so that a call passes one pointer
+ * instead of seven arguments. F32: `codes` is the float32 W [n, k] itself, group and scales unused. */
 struct tl_matrix {
     int32_t fmt, group;
     int64_t n, k;

@@ -1,5 +1,6 @@
-// The native kernel as the CPU kernel of the torch operator tinyllm::native_matmul, whose schema
-// and shape function quantize/native.py registers. A compiled graph calls it through the
+// The native kernel as the CPU kernels of the torch operators tinyllm::native_matmul (quantized W)
+// and tinyllm::native_linear (float32 W), whose schemas and shape functions quantize/native.py
+// registers. A compiled graph calls it through the
 // dispatcher with no Python in between, which at ~30 quantized matmuls a token is most of what
 // a Python kernel would cost. Built against torch's headers by native.py, only when a quantized
 // model is compiled, and linked to the kernels.so that ctypes calls (the same code, loaded once).
@@ -28,6 +29,22 @@ at::Tensor native_matmul(const at::Tensor &x, const at::Tensor &codes, const at:
     return y;
 }
 
+at::Tensor native_linear(const at::Tensor &x, const at::Tensor &w) {
+    TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && w.is_contiguous() &&
+                    w.scalar_type() == at::kFloat && w.dim() == 2 && x.size(-1) == w.size(1),
+                "tinyllm::native_linear: x [..., K] and w [N, K] must be contiguous float32 on the CPU");
+    tl_matrix m{F32, 0, w.size(0), w.size(1), w.data_ptr(), nullptr, nullptr};
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = m.n;
+    at::Tensor y = at::empty(sizes, x.options());
+    TORCH_CHECK(tl_matmul(&m, x.data_ptr<float>(), y.data_ptr<float>(), x.numel() / m.k, at::get_num_threads()) == 0,
+                "native kernel: bad float32 matrix");
+    return y;
+}
+
 } // namespace
 
-TORCH_LIBRARY_IMPL(tinyllm, CPU, m) { m.impl("native_matmul", TORCH_FN(native_matmul)); }
+TORCH_LIBRARY_IMPL(tinyllm, CPU, m) {
+    m.impl("native_matmul", TORCH_FN(native_matmul));
+    m.impl("native_linear", TORCH_FN(native_linear));
+}

@@ -77,9 +77,12 @@ class QuantLinear(nn.Module):
             self.register_buffer("scale_zeros", torch.cat([self.scales, zeros], -1).transpose(0, 1).contiguous())
 
     def _on_native(self) -> bool:
-        """Whether the native kernel runs this layer: its path, with the buffers still what
-        kernels.c reads (`.to()` / `.half()` may have moved or cast them)."""
-        return self.path == "native" and self.codes.is_cpu and self.scales.dtype == torch.float32
+        """Whether the native kernel runs this layer: its path (in a compiled graph, wherever the
+        kernel is built: `choose_path` timed eager calls, and one op in a graph beats dequantizing
+        the weight every token), with the buffers still what kernels.c reads (`.to()` / `.half()`
+        may have moved or cast them)."""
+        native_here = self.path == "native" or torch.compiler.is_compiling() and native.load() is not None
+        return native_here and self.codes.is_cpu and self.scales.dtype == torch.float32
 
     def rows(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Rows `idx` of W in float32 [..., K] (all of W without `idx`), unpacking only those rows."""
@@ -203,12 +206,6 @@ class QuantizedTransformer(Transformer):
         path, attr = name.removesuffix(".weight").rsplit(".", 1) if "." in name.removesuffix(".weight") \
             else ("", name.removesuffix(".weight"))
         return (self.get_submodule(path) if path else self), attr
-
-    def before_compile(self) -> None:
-        """What torch.compile needs first (tinyllm.runtime.compiled calls it): the native
-        kernel's operator given its CPU kernel."""
-        if any(isinstance(m, QuantLinear) and m.path == "native" for m in self.modules()):
-            native.register_op()
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         norm = self.norm.weight  # the embedding may have no float weight to take device/dtype from

@@ -1,4 +1,5 @@
-"""The native kernel for quantized matmuls: `kernels.c`, compiled on first use and called through ctypes.
+"""The native kernel for quantized matmuls (and float32 ones at batch 1): `kernels.c`, compiled on
+first use and called through ctypes.
 
 Why it exists: PyTorch has no exact float32-activation kernel for GGML's per-32-value blocks
 (`_weight_int8pack_mm` takes one scale per row; the x86 int4 kernel is vectorized for bfloat16
@@ -17,14 +18,17 @@ instead of two pools of spinning threads fighting over the cores. No compiler, o
 is not an error: `load()` returns None, `status()` says why, and the modules use torch's paths.
 
 How a compiled graph calls it: as the torch operator `tinyllm::native_matmul` (torch.library:
-a schema and a fake implementation that gives the output's shape), so that torch.compile captures
-a quantized model's decode step whole, one op per matrix, instead of breaking the graph at every
-quantized matmul (Dynamo cannot trace a ctypes call). Its CPU kernel is `kernels_op.cpp`, a few
-lines of C++ around the same `tl_matmul`, built against torch's headers with the C++ compiler
-Inductor uses (only when a quantized model is compiled: that needs the compiler anyway), so
-that no Python runs between the graph and the kernel; where it cannot be built, `matmul`
-through Python. The op takes the module's tensors, not a ctypes descriptor: a graph holds
-tensors, and the FX graph cache can then reuse a graph compiled in another process.
+a schema and a fake implementation that gives the output's shape), so that the compiled decode
+step (tinyllm/runtime/compiled.py) captures a quantized model whole, one op per matrix, instead of
+breaking the graph at every quantized matmul (no tracer can follow a ctypes call). Its CPU
+kernel is `kernels_op.cpp`, a few lines of C++ around the same `tl_matmul`, built against torch's
+headers with the C++ compiler Inductor uses (only when a model is compiled: that needs the
+compiler anyway), so that no Python runs between the graph and the kernel; where it cannot be
+built, `matmul` through Python. Its sibling `tinyllm::native_linear` is the kernel's float32 path, y = x W^T for
+a float32 W, which the compiled decode step of a float32 model calls in nn.Linear's place: at one
+row it streams W about 1.5x faster than MKL's sgemv does here (docs/runtimes.md). The ops take
+the module's tensors, not a ctypes descriptor: a graph holds tensors, so a step compiled once
+serves every model of the same shapes, in any process.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ HEADER = Path(__file__).with_name("kernels.h")
 OP_SOURCE = Path(__file__).with_name("kernels_op.cpp")
 FLAGS = ("-O3", "-march=native", "-fPIC")
 FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2}  # the enum in kernels.c
+F32 = 3
 
 
 class Matrix(ctypes.Structure):
@@ -210,24 +215,39 @@ def descriptor(fmt: str, codes: torch.Tensor, scales: torch.Tensor, mins: torch.
                        mins.data_ptr() if mins is not None else None)
 
 
-def matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
-           fmt: str, group: int) -> torch.Tensor:
-    """y = x W^T for float32 x [..., K] (contiguous, a few rows) on W's codes: tl_matmul."""
-    y = x.new_empty(*x.shape[:-1], scales.shape[0])
-    check(load().lib.tl_matmul(descriptor(fmt, codes, scales, mins, group), x.data_ptr(), y.data_ptr(),
-                               x.numel() // x.shape[-1], torch.get_num_threads()))
+def _run(matrix: Matrix, x: torch.Tensor, n: int) -> torch.Tensor:
+    y = x.new_empty(*x.shape[:-1], n)
+    check(load().lib.tl_matmul(matrix, x.data_ptr(), y.data_ptr(), x.numel() // x.shape[-1], torch.get_num_threads()))
     return y
 
 
-# The operator a compiled graph calls in `matmul`'s place (see the module docstring): its schema
-# and its shape function, for tracing, registered at import; its CPU kernel by `register_op()`.
+def matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
+           fmt: str, group: int) -> torch.Tensor:
+    """y = x W^T for float32 x [..., K] (contiguous, a few rows) on W's codes: tl_matmul."""
+    return _run(descriptor(fmt, codes, scales, mins, group), x, scales.shape[0])
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y = x W^T for float32 x [..., K] and a contiguous float32 W [N, K]: tl_matmul's F32 path."""
+    return _run(Matrix(F32, 0, w.shape[0], w.shape[1], w.data_ptr(), None, None), x, w.shape[0])
+
+
+# The operators a compiled graph calls in `matmul`'s and `linear`'s place (see the module
+# docstring): their schemas and shape functions, for tracing, registered at import; their CPU
+# kernels by `register_op()`.
 _LIBRARY = torch.library.Library("tinyllm", "DEF")
 _LIBRARY.define("native_matmul(Tensor x, Tensor codes, Tensor scales, Tensor? mins, str fmt, int group) -> Tensor")
+_LIBRARY.define("native_linear(Tensor x, Tensor w) -> Tensor")
 
 
 @torch.library.register_fake("tinyllm::native_matmul", lib=_LIBRARY)
 def _matmul_shape(x, codes, scales, mins, fmt, group):
     return x.new_empty(*x.shape[:-1], scales.shape[0])
+
+
+@torch.library.register_fake("tinyllm::native_linear", lib=_LIBRARY)
+def _linear_shape(x, w):
+    return x.new_empty(*x.shape[:-1], w.shape[0])
 
 
 def _op_library(kernel: Kernel) -> tuple[Path | None, str]:
@@ -254,19 +274,24 @@ def _op_library(kernel: Kernel) -> tuple[Path | None, str]:
 
 
 @lru_cache(maxsize=None)
-def register_op() -> str:
-    """Give tinyllm::native_matmul its CPU kernel, once a process (before compiling a graph that
-    calls it): kernels_op.cpp, built on first use, or, where that cannot be built, `matmul` itself
-    with Python between the graph and the kernel. Says which."""
-    path, why = _op_library(load())
+def register_op() -> tuple[bool, str]:
+    """Give tinyllm::native_matmul and native_linear their CPU kernels, once a process (before
+    compiling a graph that calls them): kernels_op.cpp, built on first use, or, where that cannot
+    be built, `matmul` and `linear` themselves, with Python between the graph and the kernel.
+    Whether they are the C++ kernels, and a line saying which."""
+    kernel, why = status()
+    if kernel is None:
+        return False, f"native kernel operators: none (the kernel cannot be built: {why})"
+    path, why = _op_library(kernel)
     if path is not None:
         try:
             torch.ops.load_library(str(path))
-            return f"C++ ({path})"
+            return True, f"native kernel operators: C++ ({path})"
         except OSError as e:
             why = f"{path} does not load: {e}"
     _LIBRARY.impl("native_matmul", matmul, "CPU")
-    return f"Python (the C++ operator cannot be built: {why})"
+    _LIBRARY.impl("native_linear", linear, "CPU")
+    return False, f"native kernel operators: Python, a slower call (the C++ operators cannot be built: {why})"
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, fmt: str,

@@ -1,34 +1,46 @@
-"""The compiled decode step: one token through the whole model as one graph, with torch.compile.
+"""The compiled decode step: one token through the whole model as one compiled graph.
 
 Why: eager PyTorch runs a tiny model's token as a few hundred small ops, each with microseconds
 of Python and dispatch around it, so the weights are not what a token costs (docs/runtimes.md has
 the figures). gpt-fast's recipe removes that: `model.KVCache` has one shape for every position
-and `Transformer.forward_at` takes the position as a tensor, so torch.compile captures a single
-graph (fullgraph, static shapes) that serves every decode step:
+and `Transformer.forward_at` takes the position as a tensor, so one graph with static shapes
+serves every decode step. How it is compiled depends on the device:
 
-  cpu   Inductor: C++ kernels with OpenMP, float32 matmuls on oneDNN/MKL, quantized ones on
-        quantize/kernels.c through its operator `tinyllm::native_matmul`;
-  cuda  Inductor with CUDA graphs (mode="reduce-overhead"): one graph replay a token. Written
-        to be right, not run: the project's machine has no GPU.
+  cpu   AOTInductor, torch.compile's ahead-of-time form: the step is exported (torch.export) and
+        Inductor compiles it, kernels and the wrapper that calls them, into one C++ library
+        (a .pt2 package) that runs with no Python inside: no Dynamo guards and no Python wrapper,
+        which at ~1 ms a token were half of torch.compile's step on the demo model. Float32
+        matmuls run on the native kernel's float32 path (`tinyllm::native_linear`), quantized
+        ones on its codes (`tinyllm::native_matmul`), wherever quantize/native.py could build
+        them. The weights and the cache are the step's inputs, not constants baked into it, so
+        one package serves every model of the same shapes and scheme.
+  cuda  torch.compile (Inductor) with CUDA graphs (mode="reduce-overhead"): one graph replay a
+        token. Written to be right, not run: the project's machine has no GPU.
 
 Prefill stays eager: its length varies (a graph per length, or dynamic shapes), and a prompt is
 one call, so Python's cost is paid once per answer, not once per token.
 
-Compiling is paid once per machine: Inductor's FX-graph and AOTAutograd caches keep the compiled
-code across processes, under tinyllm's cache (~/.cache/tinyllm/inductor) unless
-$TORCHINDUCTOR_CACHE_DIR names another; a warm start still traces the model (Dynamo) but compiles
-nothing. The first step is timed and said in one line. Without a toolchain nothing fails: the
-runtime decodes eagerly and one line says why.
+Compiling is paid once per machine. A CPU package is kept under tinyllm's cache
+(~/.cache/tinyllm/inductor/aoti, or $TORCHINDUCTOR_CACHE_DIR/aoti), keyed on the exported graph,
+its input shapes, the thread count (Inductor fixes it in the kernels), torch, the CPU and the
+compiler: a warm start exports the step again (about a second) and loads the library. CUDA
+graphs live in Inductor's own FX-graph cache there. The first step is timed and said in one
+line. Without a toolchain nothing fails: the runtime decodes eagerly and one line says why.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from tinyllm.fileio import user_cache_dir
 from tinyllm.model import KVCache, Transformer
@@ -44,25 +56,26 @@ class CompileInfo:
 
     compiled: bool
     seconds: float | None = None  # the first step, compile (or cache load) included
-    cached: bool | None = None  # Inductor's cache held the graph: a warm start
+    cached: bool | None = None  # the cache held the compiled step: a warm start
     reason: str = ""  # why decoding is eager, when it is
+    how: str = ""  # what compiled it, e.g. "AOTInductor"
 
     def line(self) -> str:
         if not self.compiled:
             return f"torch.compile: off, decoding eagerly: {self.reason}"
-        how = "loaded from the cache" if self.cached else f"compiled (cached in {cache_dir()} for the next start)"
-        return f"torch.compile: decode step {how} in {self.seconds:.1f} s"
+        done = "loaded from the cache" if self.cached else f"compiled (cached in {cache_dir()} for the next start)"
+        return f"torch.compile: decode step ({self.how}) {done} in {self.seconds:.1f} s"
 
 
 def cache_dir() -> str:
-    """Where Inductor keeps compiled graphs: the user's $TORCHINDUCTOR_CACHE_DIR, else tinyllm's
-    cache (Inductor reads the variable at each lookup)."""
+    """Where compiled steps are kept: the user's $TORCHINDUCTOR_CACHE_DIR, else tinyllm's cache
+    (Inductor reads the variable at each lookup)."""
     os.environ[CACHE_ENV] = _USER_CACHE_DIR or str(user_cache_dir("inductor"))
     return os.environ[CACHE_ENV]
 
 
 def unavailable(device: torch.device) -> str:
-    """Why torch.compile cannot run on `device` here ("" when it can), checked without compiling."""
+    """Why compiling cannot run on `device` here ("" when it can), checked without compiling."""
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
@@ -78,18 +91,12 @@ def unavailable(device: torch.device) -> str:
     return ""
 
 
-def _options(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"mode": "reduce-overhead"}
-    return {}
+class Step:
+    """The decode step's interface: logits [1, vocab] for one token, at a position or the next.
 
-
-class DecodeStep:
-    """`model.forward_at` for one token after the cache's filled positions, compiled.
-
-    Calls reuse two small input tensors (token, position), so the graph sees the same inputs
-    every step; the logits it returns are only valid until the next call (CUDA graphs replay into
-    the same output), which is why callers copy them out at once.
+    Calls reuse two small input tensors (token, position), so the graph sees the same inputs every
+    step; the logits it returns are only valid until the next call (CUDA graphs replay into the
+    same output), which is why callers copy them out at once.
     """
 
     def __init__(self, model: Transformer, cache: KVCache):
@@ -97,24 +104,12 @@ class DecodeStep:
         device = cache.keys[0].device
         self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            # CUDA graphs skip graphs that mutate inputs unless those sit at fixed addresses.
-            for t in cache.keys + cache.values:
-                torch._dynamo.mark_static_address(t)
         self.limit = min(cache.max_len, model.config.max_seq_len)
-        self.compiled = torch.compile(self._step, fullgraph=True, dynamic=False, **_options(device))
-
-    def _step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_at(token, pos, self.cache)[:, -1]
+        self.cached = False  # whether the compiled code came from a cache
 
     def run(self, token: int, position: int) -> torch.Tensor:
         """Logits [1, vocab] for `token` at `position`, whose key and value it writes."""
-        self.token.fill_(token)
-        self.pos.fill_(position)
-        if self.cuda:
-            torch.compiler.cudagraph_mark_step_begin()
-        return self.compiled(self.token, self.pos)
+        raise NotImplementedError
 
     def __call__(self, token: int) -> torch.Tensor:
         """Logits [1, vocab] for `token` at the next position; the cache advances by one."""
@@ -126,37 +121,162 @@ class DecodeStep:
         return logits
 
 
+class GraphStep(Step):
+    """CUDA: `model.forward_at` under torch.compile, one CUDA graph replay a token."""
+
+    how = "torch.compile, CUDA graphs"
+
+    def __init__(self, model: Transformer, cache: KVCache):
+        super().__init__(model, cache)
+        # CUDA graphs skip graphs that mutate inputs unless those sit at fixed addresses.
+        for t in cache.keys + cache.values:
+            torch._dynamo.mark_static_address(t)
+        self.compiled = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+    def _step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_at(token, pos, self.cache)[:, -1]
+
+    def run(self, token: int, position: int) -> torch.Tensor:
+        self.token.fill_(token)
+        self.pos.fill_(position)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(self.token, self.pos)
+
+    def first_run(self) -> None:
+        from torch._dynamo.utils import counters
+
+        before = counters["inductor"]["fxgraph_cache_hit"], counters["stats"]["unique_graphs"]
+        with torch.inference_mode():
+            self.run(0, min(self.cache.length, self.limit - 1))
+        hits, graphs = counters["inductor"]["fxgraph_cache_hit"] - before[0], counters["stats"]["unique_graphs"] - before[1]
+        # Warm: loaded from Inductor's cache, or a graph this process already holds.
+        self.cached = hits > 0 or graphs == 0
+
+
+class NativeLinear(nn.Module):
+    """nn.Linear (no bias) on the native kernel's float32 path: one `tinyllm::native_linear` op."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = linear.weight  # the same parameter: names, and ties, stay the model's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.tinyllm.native_linear(x.contiguous(), self.weight)
+
+
+def _with_native_linears(model: Transformer) -> Transformer:
+    """A copy of the model's module tree, sharing its tensors, whose float32 nn.Linear layers are
+    NativeLinear."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    twin = copy.deepcopy(model, shared)
+    for name, module in list(twin.named_modules()):
+        for child, sub in list(module.named_children()):
+            if type(sub) is nn.Linear and sub.bias is None and sub.weight.dtype == torch.float32:
+                setattr(module, child, NativeLinear(sub))
+    return twin
+
+
+class _ForwardAt(nn.Module):
+    """`forward_at` for one token on a cache made of the given tensors: what is exported."""
+
+    def __init__(self, model: Transformer, cache: KVCache):
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def forward(self, token, pos, keys, values):
+        view = copy.copy(self.cache)  # the cache's bookkeeping, on the graph's own input tensors
+        view.keys, view.values = list(keys), list(values)
+        return self.model.forward_at(token, pos, view)[:, -1]
+
+
+class _Exported(nn.Module):
+    """The step as a pure function of its inputs: token, position, every weight, the cache."""
+
+    def __init__(self, step: _ForwardAt, names: list[str]):
+        super().__init__()
+        self.step, self.names = step, names
+
+    def forward(self, token, pos, weights, keys, values):
+        return torch.func.functional_call(self.step, dict(zip(self.names, weights)), (token, pos, keys, values))
+
+
+class PackagedStep(Step):
+    """CPU: the step exported and compiled by AOTInductor into a package, loaded from the cache
+    when it holds one; called with one flat list of input tensors, no Python in between."""
+
+    how = "AOTInductor"
+
+    def __init__(self, model: Transformer, cache: KVCache):
+        super().__init__(model, cache)
+        from quantize import native
+
+        if native.load() is not None:
+            in_cpp, ops = native.register_op()
+            if in_cpp:
+                model = _with_native_linears(model)
+            else:  # the quantized matmuls call back into Python: slower, and said
+                self.how = f"{self.how}; {ops}"
+        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        names, weights = list(state), list(state.values())
+        self.inputs = [self.token, self.pos, *weights, *cache.keys, *cache.values]
+        self.slots = self.token.numpy(), self.pos.numpy()  # written through numpy: no torch op per step
+        exported = _Exported(_ForwardAt(model, cache), [f"model.{n}" for n in names])
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(exported, (self.token, self.pos, weights, cache.keys, cache.values),
+                                          strict=False)
+        path = self._package(program)
+        self.loader = torch._inductor.aoti_load_package(str(path)).loader
+
+    def _package(self, program) -> Path:
+        """The compiled package of `program`: from the cache, else compiled now and renamed into it
+        (processes compiling at once each write a whole file)."""
+        from quantize import native
+        from torch._inductor import cpp_builder
+
+        cxx = shutil.which(cpp_builder.get_cpp_compiler()) or cpp_builder.get_cpp_compiler()
+        parts = (program.graph_module.code, [(tuple(t.shape), t.stride(), t.dtype) for t in self.inputs],
+                 torch.__version__, torch.get_num_threads(), native._cpu_id(), cxx, os.stat(cxx).st_mtime_ns)
+        key = hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
+        path = Path(cache_dir()) / "aoti" / f"{key}.pt2"
+        self.cached = path.is_file()
+        if not self.cached:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{key}.{os.getpid()}.pt2")
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+        return path
+
+    def run(self, token: int, position: int) -> torch.Tensor:
+        self.slots[0][0, 0], self.slots[1][0] = token, position
+        return self.loader.boxed_run(self.inputs[:])[0]  # boxed: it consumes the list it is given
+
+    def first_run(self) -> None:
+        with torch.inference_mode():
+            self.run(0, min(self.cache.length, self.limit - 1))
+
+
 def prepare(model: Transformer, cache: KVCache,
-            log: Callable[[str], None] | None = None) -> tuple[DecodeStep | None, CompileInfo]:
-    """A compiled decode step on `cache`, compiled now (or loaded from Inductor's cache) by one
-    untimed step, or None and why not; says which in one line to `log`. The cache is left as it
-    was: the step writes the first unfilled position, which stays unfilled."""
+            log: Callable[[str], None] | None = None) -> tuple[Step | None, CompileInfo]:
+    """A compiled decode step on `cache`, compiled now (or loaded from the cache) and run once
+    untimed, or None and why not; says which in one line to `log`. The cache is left as it was:
+    the step writes the first unfilled position, which stays unfilled."""
     device = cache.keys[0].device
     cache_dir()
     reason = unavailable(device)
     step = info = None
     if not reason:
-        from torch._dynamo.utils import counters
-
-        def done() -> tuple[int, int]:  # graphs Inductor loaded from its cache, graphs Dynamo captured
-            return counters["inductor"]["fxgraph_cache_hit"], counters["stats"]["unique_graphs"]
-
-        before = done()
         start = time.perf_counter()
         try:
-            if hasattr(model, "before_compile"):  # quantized models register their kernel's operator
-                model.before_compile()
-            step = DecodeStep(model, cache)
-            with torch.inference_mode():
-                step.run(0, min(cache.length, step.limit - 1))
+            step = (GraphStep if device.type == "cuda" else PackagedStep)(model, cache)
+            step.first_run()
         except Exception as e:  # any failure to compile leaves the eager path, which needs none of it
             step, first = None, (str(e).strip().splitlines() or [""])[0]
             reason = f"compiling failed ({type(e).__name__}: {first[:200]})"
         else:
-            hits, graphs = (b - a for a, b in zip(before, done()))
-            # Warm: loaded from Inductor's cache, or a graph this process already holds (a model of
-            # the same shapes shares it: the weights are the graph's inputs, not its constants).
-            info = CompileInfo(True, time.perf_counter() - start, hits > 0 or graphs == 0)
+            info = CompileInfo(True, time.perf_counter() - start, step.cached, how=step.how)
     info = info or CompileInfo(False, reason=reason)
     if log:
         log(info.line())
