@@ -102,7 +102,7 @@ def _torch_libgomp() -> Path | None:
     return None
 
 
-def _cpu_id() -> str:
+def cpu_id() -> str:
     # -march=native compiles for this CPU: its model and feature flags go into the cache key.
     try:
         lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
@@ -145,7 +145,7 @@ def _compiler_id(cc: list[str]) -> tuple:
 
 def _compile(cc: list[str], flags: tuple[str, ...], gomp: Path | None) -> tuple[Path | None, str]:
     """The library for this source/compiler/flags/CPU, compiled unless the cache holds it; or None and why."""
-    parts = (SOURCE.read_bytes(), HEADER.read_bytes(), *_compiler_id(cc), flags, gomp, platform.machine(), _cpu_id())
+    parts = (SOURCE.read_bytes(), HEADER.read_bytes(), *_compiler_id(cc), flags, gomp, platform.machine(), cpu_id())
 
     def commands(tmp: Path) -> list[list[str]]:
         # Two steps so that -fopenmp does not also link the system libgomp (a second OpenMP

@@ -80,9 +80,14 @@ def test_compiled_decode_equals_eager(runtime_pair, kind):
     assert ours == theirs
     np.testing.assert_allclose(ours_logits, their_logits, rtol=0, atol=ATOL)
     assert "compiled decode step" in compiled.describe() and "eager decode" in eager.describe()
-    if kind != "f32" and native.load() is not None:
-        # the quantized graph calls the native kernel as its operator, not a dequantized copy
-        assert any(path.endswith(":native") for path in compiled.model.kernel_paths())
+    if native.load() is not None:
+        # Every matrix is one native operator in the graph: no BLAS call, no dequantized copy.
+        ops, config = compiled.decode_step.graph_ops, compiled.model.config
+        op = "tinyllm.native_linear.default" if kind == "f32" else "tinyllm.native_matmul.default"
+        assert ops[op] == 7 * config.n_layers + 1
+        assert not [name for name in ops if name.startswith(("aten.linear", "aten.mm", "aten.addmm"))]
+        if kind == "f32":
+            assert "float32 matmuls on the native kernel" in compiled.describe()
 
 
 def test_compiled_step_keeps_the_cache_consistent_across_resets_and_shifts(runtime_pair):

@@ -133,6 +133,26 @@ def test_every_kernel_path_equals_dequantize_then_matmul(name, asym, path, group
             torch.testing.assert_close(layer(x), x @ reference.T, rtol=1e-5, atol=1e-5)
 
 
+def assert_native_float32_path(n: int, k: int, generator: torch.Generator) -> None:
+    """tl_matmul's float32 path (ctypes) equals x @ W^T for one row (decode) and a few."""
+    w = torch.randn(n, k, generator=generator)
+    for rows in (1, 3):
+        x = torch.randn(rows, k, generator=generator)
+        torch.testing.assert_close(native.linear(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,k", [(48, 256), (387, 250)])
+def test_the_native_float32_path_equals_matmul(n, k):
+    """Rows in fours and columns in whole vectors, and a ragged tail of both; through ctypes and
+    through the operator a compiled float32 graph calls."""
+    need_kernel("native")
+    generator = torch.Generator().manual_seed(4)
+    assert_native_float32_path(n, k, generator)
+    native.register_op()
+    w, x = torch.randn(n, k, generator=generator), torch.randn(1, k, generator=generator)
+    torch.testing.assert_close(torch.ops.tinyllm.native_linear(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 # The kernel's other builds, beside the one -march=native picks here: flags that select each.
 VARIANTS = {"portable C": ("-O3", "-fPIC"), "avx2+fma": ("-O3", "-march=native", "-mno-avx512f", "-fPIC")}
 
@@ -153,6 +173,7 @@ def test_every_build_of_the_native_kernel_computes_the_same(isa, monkeypatch):
         for rows in (1, 3):
             x = torch.randn(rows, 256, generator=generator)
             torch.testing.assert_close(layer(x), x @ reference.T, rtol=1e-5, atol=1e-5)
+    assert_native_float32_path(387, 250, generator)
 
 
 def test_int4pack_refuses_rows_it_cannot_run():

@@ -69,7 +69,7 @@ class TorchRuntime(Runtime):
     def decode_path(self) -> str:
         if self.compile_info is None:
             return "decode step compiled on first use"
-        return "compiled decode step" if self.compile_info.compiled else "eager decode"
+        return f"compiled decode step: {self.compile_info.how}" if self.compile_info.compiled else "eager decode"
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({torch.get_num_threads()} threads, float32 matmuls, {self.decode_path()})"
