@@ -97,9 +97,13 @@ class Attention(nn.Module):
         mask = None
         if cache is not None:
             k, v, mask = cache.update(layer, pos, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        y = self.attend(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def attend(self, q, k, v, mask):
+        """softmax(q kᵀ / √d + mask) v per head, the kv heads shared by groups of query heads."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              enable_gqa=self.n_kv_heads != self.n_heads)
 
 
 class MLP(nn.Module):

@@ -12,7 +12,8 @@ serves every decode step. How it is compiled depends on the device:
         which at ~1 ms a token were half of torch.compile's step on the demo model. Float32
         matmuls run on the native kernel's float32 path (`tinyllm::native_linear`), quantized
         ones on its codes (`tinyllm::native_matmul`), wherever quantize/native.py could build
-        them. The weights and the cache are the step's inputs, not constants baked into it, so
+        them, and attention is written as products and sums that Inductor fuses
+        (`ReducedAttention`) instead of a call of the flash-attention kernel. The weights and the cache are the step's inputs, not constants baked into it, so
         one package serves every model of the same shapes and scheme.
   cuda  torch.compile (Inductor) with CUDA graphs (mode="reduce-overhead"): one graph replay a
         token. Written to be right, not run: the project's machine has no GPU.
@@ -44,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from tinyllm.fileio import user_cache_dir
-from tinyllm.model import KVCache, Transformer
+from tinyllm.model import Attention, KVCache, Transformer
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # Read before anything imports torch._dynamo, which sets the variable to torch's default (/tmp).
@@ -165,14 +166,30 @@ class NativeLinear(nn.Module):
         return torch.ops.tinyllm.native_linear(x.contiguous(), self.weight)
 
 
-def _with_native_linears(model: Transformer) -> Transformer:
-    """A copy of the model's module tree, sharing its tensors, whose float32 nn.Linear layers are
-    NativeLinear."""
+class ReducedAttention(Attention):
+    """Attention whose core is written as products and sums, which Inductor fuses into its own
+    loops, where scaled_dot_product_attention stays a call of the CPU flash-attention kernel:
+    at one query row that kernel's setup cost a fifth of a demo model's int4 token (perf)."""
+
+    def attend(self, q, k, v, mask):
+        B, H, T, D = q.shape
+        n_kv = k.shape[1]
+        q = q.view(B, n_kv, H // n_kv, T, 1, D)
+        scores = (q * k.view(B, n_kv, 1, 1, -1, D)).sum(-1) * D ** -0.5  # [B, n_kv, group, T, S]
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return (weights.unsqueeze(-1) * v.view(B, n_kv, 1, 1, -1, D)).sum(-2).reshape(B, H, T, D)
+
+
+def _decode_twin(model: Transformer, native_linears: bool) -> Transformer:
+    """A copy of the model's module tree, sharing its tensors, for the CPU step: ReducedAttention,
+    and float32 nn.Linear layers as NativeLinear when the native operators are built."""
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     twin = copy.deepcopy(model, shared)
     for module in list(twin.modules()):
+        if type(module) is Attention:
+            module.__class__ = ReducedAttention  # the same module and tensors; only `attend` differs
         for child, sub in list(module.named_children()):
-            if type(sub) is nn.Linear and sub.bias is None and sub.weight.dtype == torch.float32:
+            if native_linears and type(sub) is nn.Linear and sub.bias is None and sub.weight.dtype == torch.float32:
                 setattr(module, child, NativeLinear(sub))
     return twin
 
@@ -211,13 +228,12 @@ class PackagedStep(Step):
         super().__init__(model, cache)
         from quantize import native
 
+        in_cpp = False
         if native.load() is not None:
             in_cpp, ops = native.register_op()
-            if in_cpp:
-                model = _with_native_linears(model)
-                self.how = f"{self.how}, float32 matmuls on the native kernel"
-            else:  # the quantized matmuls call back into Python: slower, and said
-                self.how = f"{self.how}; {ops}"
+            # without the C++ operators the quantized matmuls call back into Python: slower, and said
+            self.how += ", float32 matmuls on the native kernel" if in_cpp else f"; {ops}"
+        model = _decode_twin(model, native_linears=in_cpp)
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         names, weights = list(state), list(state.values())
         self.inputs = [self.token, self.pos, *weights, *cache.keys, *cache.values]
