@@ -49,10 +49,13 @@ static inline void decode(int fmt, const void *block, vec v[2]) {
     if (fmt == Q8_0) {
         v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)));
         v[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)));
-    } else {
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p)), centre = _mm512_set1_epi32(fmt == Q4_0 ? 8 : 0);
-        v[0] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(15)), centre));
-        v[1] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(q, 4), centre));
+    } else { /* each nibble picks its float, centred, from a 16-entry table: one permute, no convert */
+        const float c = fmt == Q4_0 ? -8.0f : 0.0f;
+        const __m512 table = _mm512_setr_ps(c, c + 1, c + 2, c + 3, c + 4, c + 5, c + 6, c + 7, c + 8, c + 9, c + 10,
+                                            c + 11, c + 12, c + 13, c + 14, c + 15);
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p));
+        v[0] = _mm512_permutexvar_ps(q, table); /* vpermps reads the index's low 4 bits: the low nibble */
+        v[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
     }
 }
 
@@ -122,6 +125,36 @@ static inline __attribute__((always_inline)) float dot_row(int fmt, const char *
             offset += mn[b] * xs[b];
     }
     return hsum(tot) + offset;
+}
+
+/* Four consecutive outputs (rows r..r+3 of W, one row of x): each load of x serves four weight
+ * rows, and each row's blocks chain into one accumulator, four chains in flight. */
+static inline __attribute__((always_inline)) void dot_rows4(int fmt, const char *codes, long row_bytes,
+                                                            const float *d, const float *mn, long nb,
+                                                            const float *x, const float *xs, long k,
+                                                            const int G, float *out) {
+    const int block_bytes = fmt == Q8_0 ? BLOCK : BLOCK / 2;
+    vec tot[4] = {vzero(), vzero(), vzero(), vzero()};
+    float offset[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (long b = 0; b < k / G; b++) {
+        vec acc[4] = {vzero(), vzero(), vzero(), vzero()}, v[PER_BLOCK], xv[PER_BLOCK];
+        for (int i = 0; i < G / BLOCK; i++) {
+            for (int j = 0; j < PER_BLOCK; j++)
+                xv[j] = vload(x + b * G + i * BLOCK + j * LANES);
+            for (int r = 0; r < 4; r++) {
+                decode(fmt, codes + r * row_bytes + (b * G / BLOCK + i) * block_bytes, v);
+                for (int j = 0; j < PER_BLOCK; j++)
+                    acc[r] = vfmadd(v[j], xv[j], acc[r]);
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            tot[r] = vfmadd(vset1(d[r * nb + b]), acc[r], tot[r]);
+            if (fmt == Q4_1)
+                offset[r] += mn[r * nb + b] * xs[b];
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        out[r] = hsum(tot[r]) + offset[r];
 }
 
 /* One block of the float32 weight: d * c (+ m). */
@@ -206,6 +239,12 @@ static inline __attribute__((always_inline)) float dot_row(int fmt, const char *
     return s + offset;
 }
 
+static inline void dot_rows4(int fmt, const char *codes, long row_bytes, const float *d, const float *mn, long nb,
+                             const float *x, const float *xs, long k, const int G, float *out) {
+    for (int r = 0; r < 4; r++)
+        out[r] = dot_row(fmt, codes + r * row_bytes, d + r * nb, fmt == Q4_1 ? mn + r * nb : 0, x, xs, k, G);
+}
+
 static inline void dequant_block(int fmt, const char *codes, float d, float m, float *out) {
     float v[BLOCK];
     decode(fmt, codes, v);
@@ -223,14 +262,20 @@ static void rows_f32(const float *w, const float *x, float *y, long m_rows, long
 }
 #endif
 
-/* Output rows [lo, hi) for every row of x; each case is its own specialization, so the format and
- * group-size branches leave the inner loops. */
-#define ROWS(FMT, G)                                                                                           \
-    for (long r = lo; r < hi; r++)                                                                             \
-        for (long m = 0; m < m_rows; m++)                                                                      \
-            y[m * n + r] = dot_row(FMT, (const char *)w->codes + r * row_bytes, w->scales + r * nb,           \
-                                   FMT == Q4_1 ? w->mins + r * nb : 0, x + m * k, FMT == Q4_1 ? xs + m * nb : 0, \
-                                   k, G)
+/* Output rows [lo, hi) for every row of x, four at a time; each case is its own specialization,
+ * so the format and group-size branches leave the inner loops. */
+#define ROWS(FMT, G)                                                                                            \
+    for (long m = 0; m < m_rows; m++) {                                                                         \
+        const char *codes = (const char *)w->codes;                                                             \
+        const float *mins = FMT == Q4_1 ? w->mins : 0, *sums = FMT == Q4_1 ? xs + m * nb : 0;                   \
+        long r = lo;                                                                                            \
+        for (; r + 4 <= hi; r += 4)                                                                             \
+            dot_rows4(FMT, codes + r * row_bytes, row_bytes, w->scales + r * nb, mins ? mins + r * nb : 0, nb,  \
+                      x + m * k, sums, k, G, y + m * n + r);                                                    \
+        for (; r < hi; r++)                                                                                     \
+            y[m * n + r] = dot_row(FMT, codes + r * row_bytes, w->scales + r * nb, mins ? mins + r * nb : 0,    \
+                                   x + m * k, sums, k, G);                                                      \
+    }
 
 static void rows(const struct tl_matrix *w, const float *x, const float *xs, float *y, long m_rows, long lo,
                  long hi) {
