@@ -55,8 +55,8 @@ def sampling_options(fn):
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)."),
         click.option("--compile/--no-compile", "compile_step", default=None,
-                     help="PyTorch checkpoints: decode on a torch.compile'd step (compiled on first use and "
-                          "cached in ~/.cache/tinyllm/inductor; pays off on long generations) or eagerly "
+                     help="PyTorch checkpoints: decode on a compiled step (AOTInductor on the CPU; compiled on first "
+                          "use and cached in ~/.cache/tinyllm/inductor; pays off on long generations) or eagerly "
                           "[default: --no-compile; `tinyllm doctor` says why]."),
     ]
     for option in reversed(options):
@@ -254,7 +254,7 @@ def doctor():
     click.echo(f"  tinyllm's build: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist -> {cache_dir() / 'bin'}")
     from tinyllm.runtime.compiled import report as compile_report
 
-    click.echo("PyTorch decode step (torch.compile; tinyllm generate/chat --compile/--no-compile):")
+    click.echo("PyTorch decode step (AOTInductor on the CPU, CUDA graphs on CUDA; tinyllm generate/chat --compile/--no-compile):")
     for line in compile_report():
         click.echo(f"  {line}")
     from quantize.modules import kernel_report

@@ -1,12 +1,12 @@
 """A whole answer with and without the compiled decode step, compile time included: the
 measurement behind `tinyllm generate`/`chat`'s default (`--compile` or `--no-compile`).
 
-For each checkpoint, each run in a fresh process (a compiled graph outlives its process only in
-Inductor's on-disk cache), on one cache directory that starts empty:
+For each checkpoint, each run in a fresh process (a compiled step outlives its process only in
+the on-disk cache), on one cache directory that starts empty:
 
   eager   load, prefill the prompt, decode N tokens greedily, no compiling
-  cold    the same with the decode step compiled from nothing (Inductor's cache empty; for a
-          quantized checkpoint this includes building the native kernel's C++ operator)
+  cold    the same with the decode step compiled from nothing (the cache empty; the native
+          kernel's C++ operators, cached apart in ~/.cache/tinyllm/kernels, are not rebuilt)
   warm    the same again, on the cache the cold run filled: what every later start pays
 
 Per run: the compile (or cache load) time, prefill ms, decode tok/s of that first answer and

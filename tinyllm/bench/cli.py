@@ -39,7 +39,7 @@ from tinyllm.cli_support import Command
               help="Calibration tokens (from the training split) for torch-int4-gptq and for llama-imatrix, "
                    "which gets the same tokens as text.")
 @click.option("--compile/--no-compile", "compile_step", default=True, show_default=True,
-              help="torch-* rows: decode on the torch.compile'd step (its compile time in the 'compile s' column) "
+              help="torch-* rows: decode on the compiled step (its compile time in the 'compile s' column) "
                    "or eagerly.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a row breaks its bound or cannot be measured.")
 @click.option("--llama-cpp", "llama_cpp_dir", type=click.Path(path_type=Path), default=None,

@@ -65,7 +65,7 @@ def _build(row: dict) -> str:
 
 
 def _compile(row: dict) -> str:
-    """The decode step's compile time, cold (compiled here) or warm (loaded from Inductor's cache)."""
+    """The decode step's compile time, cold (compiled here) or warm (loaded from the cache)."""
     c = row.get("compile") or {}
     if not c.get("compiled"):
         return DASH
@@ -236,7 +236,7 @@ def markdown_report(results: dict, plots: dict[str, str]) -> str:
         out += [_footnote(results), ""]
     out += ["MiB: weight file(s) the runtime loads. ΔPPL, KLD and top-1 are against torch-f32. "
             "Rates are median (min–max) tokens per second. compile s: the time the PyTorch decode "
-            "step took to compile (cold) or to load from Inductor's cache (warm), paid once before "
+            "step took to compile (cold) or to load from the cache (warm), paid once before "
             "decoding; — where decode runs without one. status: FLAG means a bound was broken, "
             "error means the format could not be measured.", ""]
     described = [r for r in results.get("rows", []) if r.get("source") or r.get("describe")]

@@ -309,8 +309,8 @@ def prepare(model: Transformer, cache: KVCache,
 # a 200-token answer decodes eagerly in well under one.
 DEFAULT_COMPILE = {"cpu": False, "cuda": False}
 DEFAULT_WHY = {
-    "cpu": "a 200-token answer: a warm start's export and package load took 3.7 s for the demo model here, "
-           "its eager decode 0.5 s at 440 tok/s; compiling (1,200 tok/s) pays after ~2,500 tokens and in the bench",
+    "cpu": "a 200-token answer: a warm start's export and package load took 3.4 s for the demo model here, "
+           "its eager decode 0.4 s at 500 tok/s; compiling (1,450 tok/s) pays after ~2,600 tokens and in the bench",
     "cuda": "not measured (no GPU here): a warm start's tracing and CUDA-graph capture take seconds, "
             "an eager 200-token answer well under one",
 }
