@@ -113,6 +113,12 @@ class Step:
         """Logits [1, vocab] for `token` at `position`, whose key and value it writes."""
         raise NotImplementedError
 
+    def first_run(self) -> None:
+        """One untimed step (compiling, or loading, what has not been yet), at the first unfilled
+        position, which stays unfilled."""
+        with torch.inference_mode():
+            self.run(0, min(self.cache.length, self.limit - 1))
+
     def __call__(self, token: int) -> torch.Tensor:
         """Logits [1, vocab] for `token` at the next position; the cache advances by one."""
         position = self.cache.length
@@ -148,8 +154,7 @@ class GraphStep(Step):
         from torch._dynamo.utils import counters
 
         before = counters["inductor"]["fxgraph_cache_hit"], counters["stats"]["unique_graphs"]
-        with torch.inference_mode():
-            self.run(0, min(self.cache.length, self.limit - 1))
+        super().first_run()
         hits, graphs = counters["inductor"]["fxgraph_cache_hit"] - before[0], counters["stats"]["unique_graphs"] - before[1]
         # Warm: loaded from Inductor's cache, or a graph this process already holds.
         self.cached = hits > 0 or graphs == 0
@@ -169,7 +174,8 @@ class NativeLinear(nn.Module):
 class ReducedAttention(Attention):
     """Attention whose core is written as products and sums, which Inductor fuses into its own
     loops, where scaled_dot_product_attention stays a call of the CPU flash-attention kernel:
-    at one query row that kernel's setup cost a fifth of a demo model's int4 token (perf)."""
+    at one query row that kernel's setup cost a fifth of a demo model's int4 token (perf).
+    Cached passes only (the step's): it takes the cache's mask."""
 
     def attend(self, q, k, v, mask):
         B, H, T, D = q.shape
@@ -272,10 +278,6 @@ class PackagedStep(Step):
     def run(self, token: int, position: int) -> torch.Tensor:
         self.slots[0][0, 0], self.slots[1][0] = token, position
         return self.loader.boxed_run(self.inputs[:])[0]  # boxed: it consumes the list it is given
-
-    def first_run(self) -> None:
-        with torch.inference_mode():
-            self.run(0, min(self.cache.length, self.limit - 1))
 
 
 def prepare(model: Transformer, cache: KVCache,
