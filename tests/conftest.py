@@ -8,6 +8,7 @@ import pytest
 
 from tinyllm.config import preset
 from tinyllm.dataset import DataSpec
+from tinyllm.sampling import SamplingParams
 from tinyllm.train import Trainer, train_config_for
 
 # Small enough to train in seconds on two cores, large enough for a validation split of a few
@@ -133,3 +134,75 @@ def one_line_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+# Greedy decoding with nothing that reshapes the logits: what parity across runtimes compares.
+GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0)
+
+
+# --- ONNX exports shared by test_onnx.py and test_onnx_tools.py ----------------------------------
+
+# (quant, accuracy level, graph) of each float-checkpoint export
+ONNX_EXPORTS = {"none": ("none", 4, "fused"), "plain": ("none", 4, "plain"), "int8": ("int8", 4, "fused"),
+                "int4": ("int4", 4, "fused"), "int4-level0": ("int4", 0, "fused")}
+# (scheme, asym, method) of each quantized checkpoint exported with its own blocks
+QUANTIZED_ONNX = {"int8-rtn": ("int8", False, "rtn"), "int4-gptq": ("int4", False, "gptq"),
+                  "int4-asym-rtn": ("int4", True, "rtn")}
+
+
+@pytest.fixture(scope="session")
+def exported(trained_checkpoint, onnx_model_dir, tmp_path_factory):
+    """The fixture checkpoint exported once per kind in ONNX_EXPORTS: {kind: directory} ("none" is
+    `onnx_model_dir`, the same export)."""
+    from export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx")
+    out = {"none": onnx_model_dir}
+    for kind, (quant, level, graph) in ONNX_EXPORTS.items():
+        if kind not in out:
+            out[kind] = root / kind
+            export_onnx(trained_checkpoint, out[kind], quant=quant, log=lambda m: None, accuracy_level=level,
+                        graph=graph)
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantized_exports(trained_checkpoint, tmp_path_factory):
+    """{name: (quantized checkpoint, its ONNX export at accuracy level 0)} for each of QUANTIZED_ONNX;
+    int4-gptq also at level 4, the default (as "int4-gptq-level4")."""
+    from export.onnx import export_onnx
+    from quantize.quantizer import quantize_checkpoint
+
+    root = tmp_path_factory.mktemp("onnx-quantized")
+    out = {}
+    for name, (scheme, asym, method) in QUANTIZED_ONNX.items():
+        checkpoint, directory = root / name, root / f"{name}-onnx"
+        quantize_checkpoint(trained_checkpoint, checkpoint, scheme, asym, method=method, calib_tokens=1024)
+        export_onnx(checkpoint, directory, log=lambda m: None, accuracy_level=0)
+        out[name] = checkpoint, directory
+    checkpoint = out["int4-gptq"][0]
+    export_onnx(checkpoint, root / "int4-gptq-level4", log=lambda m: None)
+    out["int4-gptq-level4"] = checkpoint, root / "int4-gptq-level4"
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_runtime(trained_checkpoint):
+    from tinyllm.runtime.torch_runtime import TorchRuntime
+
+    return TorchRuntime.load(trained_checkpoint)
+
+
+def relative_error(got, expected) -> float:
+    import numpy as np
+
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def onnx_export_cli(*args):
+    """`tinyllm export onnx ARGS…` through click's runner."""
+    from click.testing import CliRunner
+
+    from tinyllm.cli import main
+
+    return CliRunner().invoke(main, ["export", "onnx", *map(str, args)])

@@ -1,13 +1,12 @@
-"""ONNX export and the onnxruntime backend, on real onnxruntime and onnxruntime-genai sessions.
+"""ONNX export and the onnxruntime backend, on real onnxruntime sessions.
 
 Float32 parity with PyTorch (logits, greedy tokens, cached = full forward) for the fused and the
 plain graph, the graphs' names and dynamic axes, INT8/INT4 perplexity within the bounds
 docs/onnx.md states (accuracy levels 0 and 4), the INT4 blocks against onnxruntime's own
 quantizer, a self-contained directory, and one clear line for each bad input. Quantized
 checkpoints (`tinyllm quantize`) exported with their own blocks: perplexity and greedy tokens
-equal to the PyTorch quantized runtime's, and MatMulNBits holding the checkpoint's codes.
-onnxruntime-genai loads every kind of export and generates PyTorch's tokens where the graph is
-exact; optimum-onnx loads them; a model the fused ops refuse gets the plain graph.
+equal to the PyTorch quantized runtime's, and MatMulNBits holding the checkpoint's codes; the
+CUDA variant. onnxruntime-genai, optimum-onnx and the genai builder are in test_onnx_tools.py.
 """
 
 import json
@@ -23,50 +22,24 @@ from click.testing import CliRunner
 import export.onnx as onnx_export
 from export.onnx_graph import matmul_weights, past_names, present_names
 from export.onnx_quant import dequantized_weights, int4_blocks
-from tests.conftest import require
+from tests.conftest import GREEDY, onnx_export_cli, relative_error
 from tinyllm.cli import main as tinyllm_main
 from tinyllm.evaluate import evaluate
 from tinyllm.generate import generate_tokens
 from tinyllm.runtime import load_runtime
 from tinyllm.runtime.onnx_runtime import OnnxRuntime
-from tinyllm.runtime.torch_runtime import TorchRuntime
-from tinyllm.sampling import Sampler, SamplingParams
+from tinyllm.sampling import Sampler
 
-GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0)
 # Validation perplexity of the test-preset fixture relative to PyTorch float32. Measured: float32
 # ±0.000%, int8 +0.02%, int4 +0.47% (docs/onnx.md); the bounds leave room for another
 # machine's rounding and onnxruntime's kernels, and still catch a wrongly packed or scaled weight.
 PPL_BOUNDS = {"none": 1e-5, "plain": 1e-5, "int8": 0.005, "int4": 0.03, "int4-level0": 0.03}
-# (quant, accuracy level, graph) of each fixture export
-EXPORTS = {"none": ("none", 4, "fused"), "plain": ("none", 4, "plain"), "int8": ("int8", 4, "fused"),
-           "int4": ("int4", 4, "fused"), "int4-level0": ("int4", 0, "fused")}
-
-
-@pytest.fixture(scope="module")
-def exported(trained_checkpoint, tmp_path_factory):
-    """The fixture checkpoint exported once per kind in EXPORTS: {kind: directory}."""
-    root = tmp_path_factory.mktemp("onnx")
-    out = {}
-    for kind, (quant, level, graph) in EXPORTS.items():
-        out[kind] = root / kind
-        onnx_export.export_onnx(trained_checkpoint, out[kind], quant=quant, log=lambda m: None,
-                                accuracy_level=level, graph=graph)
-    return out
-
-
-@pytest.fixture(scope="module")
-def torch_runtime(trained_checkpoint):
-    return TorchRuntime.load(trained_checkpoint)
 
 
 @pytest.fixture(scope="module", params=["none", "plain"])
 def onnx_runtime(exported, request):
     """The float32 export as onnxruntime runs it: the fused graph, then the plain one."""
     return OnnxRuntime.load(exported[request.param], threads=1)
-
-
-def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
 
 
 def test_float32_logits_equal_pytorch(torch_runtime, onnx_runtime):
@@ -233,10 +206,6 @@ def test_directory_is_self_contained(exported, torch_runtime, tmp_path):
     assert result.output.strip() == ("Mira walked" + torch_runtime.tokenizer.decode(expected)).strip()
 
 
-def export_cli(*args):
-    return CliRunner().invoke(tinyllm_main, ["export", "onnx", *map(str, args)])
-
-
 def assert_one_line_error(result, fragment):
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -250,7 +219,7 @@ def assert_one_line_error(result, fragment):
     (["--quant", "int8", "--opset", "12"], "too old"),
 ])
 def test_bad_options_write_nothing(trained_checkpoint, tmp_path, args, fragment):
-    assert_one_line_error(export_cli(trained_checkpoint, "-o", tmp_path / "out", *args), fragment)
+    assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", tmp_path / "out", *args), fragment)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,7 +227,7 @@ def test_existing_output_needs_force(trained_checkpoint, exported, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(exported["none"], out)
     before = sorted(p.name for p in out.iterdir())
-    assert_one_line_error(export_cli(trained_checkpoint, "-o", out), "--force")
+    assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", out), "--force")
     assert sorted(p.name for p in out.iterdir()) == before
 
 
@@ -266,14 +235,14 @@ def test_checkpoint_that_fails_to_load(trained_checkpoint, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained_checkpoint, broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    assert_one_line_error(export_cli(broken, "-o", tmp_path / "out"), "safetensors")
-    assert_one_line_error(export_cli(tmp_path / "missing", "-o", tmp_path / "out"), "no such checkpoint")
+    assert_one_line_error(onnx_export_cli(broken, "-o", tmp_path / "out"), "safetensors")
+    assert_one_line_error(onnx_export_cli(tmp_path / "missing", "-o", tmp_path / "out"), "no such checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
 
 
 def test_failed_validation_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(onnx_export.TOLERANCE, "none", 0.0)  # nothing is that exact: validation fails
-    assert_one_line_error(export_cli(trained_checkpoint, "-o", tmp_path / "out"), "failed validation")
+    assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", tmp_path / "out"), "failed validation")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -285,29 +254,6 @@ def test_cuda_without_onnxruntime_gpu_says_so(exported):
 
 
 # --- quantized checkpoints (tinyllm quantize) exported with their own blocks ---------------------
-
-QUANTIZED = {"int8-rtn": ("int8", False, "rtn"), "int4-gptq": ("int4", False, "gptq"),
-             "int4-asym-rtn": ("int4", True, "rtn")}
-
-
-@pytest.fixture(scope="module")
-def quantized_exports(trained_checkpoint, tmp_path_factory):
-    """{name: (quantized checkpoint, its ONNX export at accuracy level 0)} for each of QUANTIZED;
-    int4-gptq also at level 4, the default (as "int4-gptq-level4")."""
-    from quantize.quantizer import quantize_checkpoint
-
-    root = tmp_path_factory.mktemp("onnx-quantized")
-    out = {}
-    for name, (scheme, asym, method) in QUANTIZED.items():
-        checkpoint, directory = root / name, root / f"{name}-onnx"
-        quantize_checkpoint(trained_checkpoint, checkpoint, scheme, asym, method=method, calib_tokens=1024)
-        onnx_export.export_onnx(checkpoint, directory, log=lambda m: None, accuracy_level=0)
-        out[name] = checkpoint, directory
-    checkpoint = out["int4-gptq"][0]
-    onnx_export.export_onnx(checkpoint, root / "int4-gptq-level4", log=lambda m: None)
-    out["int4-gptq-level4"] = checkpoint, root / "int4-gptq-level4"
-    return out
-
 
 def checkpoint_weights(checkpoint) -> dict:
     """The checkpoint's quantized tensors as stored, read straight from its safetensors."""
@@ -424,13 +370,13 @@ def test_quantized_checkpoint_greedy_generation_equals_pytorch(quantized_exports
 ])
 def test_quantized_checkpoint_with_another_quant_is_refused(quantized_exports, tmp_path, name, quant, fragment):
     checkpoint, _ = quantized_exports[name]
-    assert_one_line_error(export_cli(checkpoint, "-o", tmp_path / "out", "--quant", quant), fragment)
+    assert_one_line_error(onnx_export_cli(checkpoint, "-o", tmp_path / "out", "--quant", quant), fragment)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_quantized_checkpoint_exports_by_cli_with_its_own_scheme(quantized_exports, tmp_path):
     checkpoint, _ = quantized_exports["int8-rtn"]
-    result = export_cli(checkpoint, "-o", tmp_path / "out", "--accuracy-level", "0")
+    result = onnx_export_cli(checkpoint, "-o", tmp_path / "out", "--accuracy-level", "0")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "config.json").read_text())["tinyllm"]["onnx"]
     assert record["quant"] == "int8" and record["quantized_checkpoint"]["scheme"] == "int8"
@@ -438,147 +384,12 @@ def test_quantized_checkpoint_exports_by_cli_with_its_own_scheme(quantized_expor
     assert record["validation"]["int8"]["max_rel_error"] <= onnx_export.CHECKPOINT_TOLERANCE
 
 
-# --- onnxruntime-genai, optimum, onnxruntime-genai's own builder, the plain-graph fallback --------
-
-def og_greedy(directory, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    """onnxruntime-genai's greedy tokens after `prompt`, and the logits each was chosen from."""
-    og = require("onnxruntime_genai", "pip install -e '.[test]'")
-    model = og.Model(str(directory))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + n, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    tokens, logits = [], []
-    while not generator.is_done():
-        logits.append(generator.get_logits()[0, -1].copy())
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens, np.stack(logits)
-
-
-def stepwise_logits(runtime, prompt: list[int], tokens: list[int]) -> np.ndarray:
-    """The logits `runtime` gives each of `tokens`, fed after `prompt` one at a time with the cache."""
-    runtime.reset()
-    out = [runtime.forward(prompt)[-1]] + [runtime.forward([t])[-1] for t in tokens[:-1]]
-    runtime.reset()
-    return np.stack(out)
-
-
-OG_TOKENS = 24
-
-
-@pytest.mark.parametrize("kind", list(EXPORTS))
-def test_onnxruntime_genai_runs_every_export_of_a_float_checkpoint(exported, torch_runtime, kind):
-    prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
-    tokens, logits = og_greedy(exported[kind], prompt, OG_TOKENS)
-    ours = load_runtime(exported[kind], threads=1)
-    # The same graph under onnxruntime-genai and tinyllm's runtime: the same tokens and logits.
-    assert tokens == list(generate_tokens(ours, prompt, OG_TOKENS, Sampler(GREEDY)))
-    assert relative_error(logits, stepwise_logits(ours, prompt, tokens)) < 1e-5
-    if kind in ("none", "plain"):  # exact graphs: PyTorch's own tokens and logits
-        assert tokens == list(generate_tokens(torch_runtime, prompt, OG_TOKENS, Sampler(GREEDY)))
-        assert relative_error(logits, stepwise_logits(torch_runtime, prompt, tokens)) < 1e-4
-
-
-@pytest.mark.parametrize("name", [*QUANTIZED, "int4-gptq-level4"])
-def test_onnxruntime_genai_runs_every_export_of_a_quantized_checkpoint(quantized_exports, name):
-    checkpoint, directory = quantized_exports[name]
-    torch_quantized = load_runtime(checkpoint, threads=1)
-    prompt = torch_quantized.tokenizer.encode("Mira walked to the harbour")
-    tokens, logits = og_greedy(directory, prompt, OG_TOKENS)
-    assert tokens == list(generate_tokens(load_runtime(directory, threads=1), prompt, OG_TOKENS, Sampler(GREEDY)))
-    if not name.endswith("level4"):  # level 0 is exact to the PyTorch quantized runtime
-        assert tokens == list(generate_tokens(torch_quantized, prompt, OG_TOKENS, Sampler(GREEDY)))
-        assert relative_error(logits, stepwise_logits(torch_quantized, prompt, tokens)) < 1e-4
-
-
-def test_onnxruntime_genai_tokenizes_as_tinyllm(exported, torch_runtime):
-    og = require("onnxruntime_genai", "pip install -e '.[test]'")
-    tokenizer = og.Tokenizer(og.Model(str(exported["int4"])))
-    for text in ("Mira walked to the harbour.", "<|im_start|>user\nWhere?<|im_end|>\n",
-                 "héllo — 日本語 🙂\ttabs  and\n\nnewlines", "  two leading spaces"):
-        assert tokenizer.encode(text).tolist() == torch_runtime.tokenizer.encode(text), text
-
-
-@pytest.mark.parametrize("kind", ["none", "plain", "int4"])
-def test_optimum_loads_the_exports(exported, torch_runtime, kind):
-    """optimum-onnx's ORTModelForCausalLM on the directory as it is: its logits over a prompt and
-    a greedy continuation through its own past_key_values (its generate() needs a transformers
-    it does not support yet, so the loop is written here)."""
-    require("optimum.onnxruntime", "pip install -e '.[test]'")
-    from optimum.onnxruntime import ORTModelForCausalLM
-
-    model = ORTModelForCausalLM.from_pretrained(str(exported[kind]), use_cache=True)
-    ours = load_runtime(exported[kind], threads=1)
-    prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
-    ids = torch.tensor([prompt])
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    assert relative_error(out.logits[0].numpy(), ours.logits(prompt)) < 1e-5
-    tokens = []
-    for _ in range(12):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        ids = torch.cat([ids, torch.tensor([[tokens[-1]]])], dim=1)
-        out = model(input_ids=ids[:, -1:], attention_mask=torch.ones_like(ids), past_key_values=out.past_key_values)
-    reference = torch_runtime if kind != "int4" else ours
-    assert tokens == list(generate_tokens(reference, prompt, 12, Sampler(GREEDY)))
-
-
-@pytest.fixture(scope="module")
-def narrow_heads_checkpoint(trained_checkpoint, tmp_path_factory):
-    """A checkpoint whose head_dim (8) GroupQueryAttention refuses: random weights, the fixture's tokenizer."""
-    from tinyllm.checkpoint import load_checkpoint, write_checkpoint_files
-    from tinyllm.model import Transformer
-
-    model, tokenizer = load_checkpoint(trained_checkpoint)
-    torch.manual_seed(0)
-    narrow = Transformer(model.config.replace(n_heads=8, n_kv_heads=4)).eval()
-    out = tmp_path_factory.mktemp("narrow") / "ckpt"
-    out.mkdir()
-    write_checkpoint_files(out, narrow, tokenizer)
-    return out
-
-
-def test_model_the_fused_ops_refuse_gets_the_plain_graph(narrow_heads_checkpoint, tmp_path):
-    result = export_cli(narrow_heads_checkpoint, "-o", tmp_path / "out", "--quant", "int4")
-    assert result.exit_code == 0, result.output
-    why = [line for line in result.output.splitlines() if "fused graph not possible" in line]
-    assert len(why) == 1 and "head_dim 8 is not a multiple of 16" in why[0] and "plain graph" in why[0]
-    record = json.loads((tmp_path / "out" / "config.json").read_text())["tinyllm"]["onnx"]
-    assert record["graph"] == "plain"
-    assert "GroupQueryAttention" not in {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
-    runtime = load_runtime(tmp_path / "out", threads=1)
-    prompt = runtime.tokenizer.encode("Mira walked")
-    tokens, _ = og_greedy(tmp_path / "out", prompt, 8)
-    assert tokens == list(generate_tokens(runtime, prompt, 8, Sampler(GREEDY)))
-
-
-@pytest.mark.slow
-def test_runtime_runs_what_onnxruntime_genais_builder_writes(trained_checkpoint, torch_runtime, tmp_path):
-    """The builder reads our float32 checkpoint unchanged, and tinyllm's runtime runs its output
-    (names and sizes from its genai_config.json) to PyTorch's logits and tokens."""
-    import subprocess
-    import sys
-
-    require("onnx_ir", "pip install -e '.[test]'")
-    out = tmp_path / "builder"
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(trained_checkpoint),
-                    "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache")],
-                   check=True, capture_output=True)
-    runtime = load_runtime(out, threads=1)
-    assert runtime.n_ctx == torch_runtime.n_ctx and "did not write" in runtime.describe()
-    ids = np.random.default_rng(5).integers(0, runtime.tokenizer.vocab_size, 40).tolist()
-    assert relative_error(runtime.logits(ids), torch_runtime.logits(ids)) < 1e-4
-    prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
-    expected = list(generate_tokens(torch_runtime, prompt, 16, Sampler(GREEDY)))
-    assert list(generate_tokens(runtime, prompt, 16, Sampler(GREEDY))) == expected
-
-
 # --- the CUDA variant ------------------------------------------------------------------------------
 
 def test_cuda_variant_is_the_builders_float16_graph(quantized_exports, tmp_path):
     """Written (and validated, on the CPU provider where there is no GPU) without a GPU."""
     checkpoint, _ = quantized_exports["int4-gptq"]
-    result = export_cli(checkpoint, "-o", tmp_path / "cuda", "--device", "cuda")
+    result = onnx_export_cli(checkpoint, "-o", tmp_path / "cuda", "--device", "cuda")
     assert result.exit_code == 0, result.output
     proto = onnx.load(str(tmp_path / "cuda" / "model.onnx"))
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
