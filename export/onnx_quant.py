@@ -1,14 +1,13 @@
-"""Quantized ONNX graphs: onnxruntime dynamic INT8, weight-only INT4 as `MatMulNBits`, and the
-blocks of a quantized checkpoint written into `MatMulNBits` unchanged.
+"""Quantized ONNX graphs: weights as `MatMulNBits` blocks (INT8 and INT4 from a float checkpoint,
+a quantized checkpoint's own blocks unchanged), the model of what the kernel's accuracy level 4
+does to activations, and onnxruntime's dynamic INT8 (the bench's anchor, not an export).
 
-INT8 is onnxruntime's own dynamic quantization: INT8 weights, activations quantized at run time
-(`DynamicQuantizeLinear` + `MatMulInteger`), on the CPU execution provider.
-
-INT4 is written here rather than by onnxruntime's `MatMulNBitsQuantizer` (which needs onnx_ir,
-not a dependency) in two separate steps, so that blocks made elsewhere can be written unchanged:
-`int4_blocks` rounds a float weight to symmetric 4-bit blocks of 32 along K — GGML's `q4_0` rule,
-scale = the block's largest-magnitude value / -8, codes 0…15 around 8, the same codes and scales
-onnxruntime's quantizer produces — and `write_matmul_nbits` replaces each float MatMul by a
+Blocks are made and written in two separate steps, so that blocks made elsewhere are written
+unchanged. From a float weight: `int8_blocks` is GGML's `q8_0` (scale = the block's largest
+magnitude / 127, float16, codes rounded half away from zero: what `tinyllm quantize int8` and
+llama.cpp write), `int4_blocks` the symmetric 4-bit rule onnxruntime's own quantizer uses (GGML's
+`q4_0` rule: scale = the block's largest-magnitude value / -8, codes 0…15 around 8, float32
+scales), both in blocks of 32 along K. `write_matmul_nbits` replaces each float MatMul by a
 `com.microsoft` `MatMulNBits` carrying whatever `NBitsBlocks` it is given.
 
 A quantized checkpoint's blocks map onto MatMulNBits (w = scale * (code - zero point)) as:
@@ -19,28 +18,48 @@ q4_1 has no single-node exact form: its zero point -m/d is not an integer, and a
 point onnxruntime 1.32 computes weights 1 ulp off PyTorch's d * c + m for some values. Its
 minimums therefore go in a small float side branch. Every stored number is copied bit for bit;
 the float16 scales and minimums become float32 exactly.
+
+Accuracy level 4 (`level4_rounding`): onnxruntime's CPU kernels (MLAS `QuantizeARow_CompInt8`,
+the same on AVX2 and AVX-512) round each block of a MatMulNBits input to int8 before integer dot
+products: per block of the weight's block size, scale = max|x| / 127, x * (127 / max|x|) rounded
+half to even. The integer products are exact on both ISAs (4-bit codes cannot overflow
+`vpmaddubsw`'s int16 pairs; 8-bit codes are split into even and odd bytes on AVX2, summed by
+`vpdpbusd` with VNNI), so this rounding, applied in PyTorch, reproduces a level-4 graph to float
+rounding: measured 6e-7 relative for 4 bits and 1e-3 for 8 bits (the 8-bit kernel subtracts the
+zero point 128 through float block sums, a cancellation) on an AVX2 CPU. Export validation holds
+level-4 graphs to it.
+
+onnxruntime's dynamic INT8 (`quantize_dynamic`: `DynamicQuantizeLinear` + `MatMulInteger`, u8
+activations × s8 weights) is not what `--quant int8` writes: on x86 CPUs without VNNI its kernel
+sums pairs of products in int16 with saturation (`vpmaddubsw`; onnxruntime's quantization docs
+say so), which on an AVX2 CPU put 14% of the test model's largest logit off. The bench measures
+it (`onnx-int8-dynamic`) as what an onnxruntime user would otherwise run.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
 
 from export.onnx_graph import save_model
 from quantize.checkpoint import load_quantized, weight_shapes
 from quantize.modules import QuantizedTransformer
-from quantize.schemes import QuantizedWeight, Scheme, matmul_nbits
+from quantize.rtn import quantize_rtn
+from quantize.schemes import QuantizedWeight, Scheme, make_scheme, matmul_nbits
 from tinyllm.checkpoint import WEIGHTS_FILE, read_tensors
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
 
-INT4_BLOCK = 32
+BLOCK = 32  # the block along K of the weights quantized here (int8 and int4)
 MS_DOMAIN = "com.microsoft"
 # The quantized checkpoints' formats `checkpoint_blocks` writes into MatMulNBits (the K-quants'
 # 2-6-bit codes under quantized sub-block scales have no such form).
@@ -60,7 +79,7 @@ class NBitsBlocks:
     codes: np.ndarray
     scales: np.ndarray
     k: int
-    block_size: int = INT4_BLOCK
+    block_size: int = BLOCK
     bits: int = 4
     mins: np.ndarray | None = None
 
@@ -139,7 +158,7 @@ def read_quantized_checkpoint(path: Path) -> QuantizedCheckpoint:
     return QuantizedCheckpoint(reference, model.eval(), tokenizer, blocks, info)
 
 
-def int4_blocks(weight: np.ndarray, block_size: int = INT4_BLOCK) -> NBitsBlocks:
+def int4_blocks(weight: np.ndarray, block_size: int = BLOCK) -> NBitsBlocks:
     """Round W [K, N] to symmetric 4-bit blocks (q4_0's rule); K must be a multiple of the block."""
     k, n = weight.shape
     if k % block_size:
@@ -219,17 +238,27 @@ def minimums_branch(x: str, weight: str, b: NBitsBlocks, codes_out: str,
     return nodes, initializers
 
 
-def int4_weights(weights: dict[str, np.ndarray]) -> tuple[dict[str, NBitsBlocks], list[str]]:
-    """4-bit blocks of every [K, N] weight whose K is a multiple of 32, and the names of the
-    weights that stay float32 (their K is not)."""
-    blocks = {name: int4_blocks(w) for name, w in weights.items() if w.shape[0] % INT4_BLOCK == 0}
+def int8_blocks(weight: np.ndarray) -> NBitsBlocks:
+    """W [K, N] as GGML q8_0 blocks of 32 along K, the very blocks `tinyllm quantize int8` stores."""
+    return checkpoint_blocks(quantize_rtn(torch.from_numpy(np.ascontiguousarray(weight.T)), make_scheme("int8", group_size=BLOCK)))
+
+
+def block_weights(weights: dict[str, np.ndarray], quant: str) -> tuple[dict[str, NBitsBlocks], list[str]]:
+    """`quant` (int8 or int4) blocks of every [K, N] weight whose K is a multiple of BLOCK, and
+    the names of the weights that stay float32 (their K is not)."""
+    make = int8_blocks if quant == "int8" else int4_blocks
+    blocks = {name: make(w) for name, w in weights.items() if w.shape[0] % BLOCK == 0}
     return blocks, sorted(set(weights) - set(blocks))
 
 
 def dequantized_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The float weight [K, N] each quantized MatMul of `proto` computes with, read back from the
-    graph (MatMulNBits blocks, or quantize_dynamic's INT8 weight, scale and zero point), keyed by
-    the float initializer's name (`model.layers.0.self_attn.q_proj.weight.T`)."""
+    """The float weight [K, N] each MatMulNBits of `proto` computes with, read back from its
+    blocks, keyed by the float initializer's name (`model.layers.0.self_attn.qkv_proj.weight.T`)."""
+    return {name: blocks.dequantize() for name, blocks in graph_blocks(proto).items()}
+
+
+def graph_blocks(proto: onnx.ModelProto) -> dict[str, NBitsBlocks]:
+    """The blocks of each MatMulNBits of `proto`, keyed as `dequantized_weights` keys them."""
     inits = {init.name: init for init in proto.graph.initializer}
 
     def array(name: str) -> np.ndarray:
@@ -242,31 +271,77 @@ def dequantized_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
             scales = array(node.input[2]).reshape(attrs["N"], -1)
             name = node.input[1].rsplit(".q", 1)[0]
             mins = array(name + ".mins").T if name + ".mins" in inits else None
-            blocks = NBitsBlocks(array(node.input[1]), scales, attrs["K"], attrs["block_size"], attrs["bits"], mins)
-            out[name] = blocks.dequantize()
-        elif node.op_type == "MatMulInteger" and node.input[1] in inits:
-            name = node.input[1].removesuffix("_quantized")  # quantize_dynamic's naming
-            codes = array(node.input[1]).astype(np.float32) - array(node.input[3]).astype(np.float32)
-            out[name] = codes * array(name + "_scale")
+            out[name] = NBitsBlocks(array(node.input[1]), scales, attrs["K"], attrs["block_size"], attrs["bits"], mins)
     return out
 
 
-def quantize_int8(path: Path) -> None:
-    """Replace the float graph at `path` by onnxruntime's dynamic quantization of its MatMuls."""
+def round_activations(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """`x` as MatMulNBits at accuracy level 4 sees it: each block of `block_size` values along the
+    last axis rounded to int8 (MLAS `QuantizeARow_CompInt8`: scale max|x| / 127, multiplier
+    127 / max|x|, round half to even), returned as floats (the codes times the scale)."""
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    peak = blocks.abs().amax(-1, keepdim=True)
+    multiplier = torch.where(peak > 0, 127 / peak, torch.zeros_like(peak))
+    return (torch.round(blocks * multiplier) * (peak / 127)).reshape(x.shape)
+
+
+def graph_modules(name: str) -> list[str]:
+    """The model's linear layers a graph weight (`….weight.T`) holds: the fused graph's packed
+    `qkv_proj` is q, k and v, in that order."""
+    module = name.removesuffix(".weight.T").removeprefix("model.")
+    if ".qkv_proj" in module:
+        return [module.replace("qkv_proj", f"{part}_proj") for part in "qkv"]
+    return [module]
+
+
+@contextmanager
+def level4_rounding(model: torch.nn.Module, blocks: dict[str, NBitsBlocks]) -> Iterator[torch.nn.Module]:
+    """`model` computing each linear layer whose weight `blocks` holds (by graph name) as
+    MatMulNBits at accuracy level 4 does: on its input rounded per block (`round_activations`),
+    except for q4_1's minimums, which the graph's float side branch applies to the unrounded
+    input. The model of a level-4 graph that export validation holds the graph to."""
+    def layer(block: int, mins: torch.Tensor | None):
+        def forward(module, args, _):
+            x = args[0]
+            rounded = round_activations(x, block)
+            y = torch.nn.functional.linear(rounded, module.weight)
+            return y if mins is None else y + torch.nn.functional.linear(x - rounded, mins)
+        return forward
+
+    hooks = []
+    for name, b in blocks.items():
+        modules = [model.get_submodule(m) for m in graph_modules(name)]
+        rows = np.cumsum([m.out_features for m in modules])[:-1]
+        mins = [None] * len(modules) if b.mins is None else [
+            torch.from_numpy(np.repeat(part, b.block_size, axis=1)) for part in np.split(b.mins, rows)]
+        hooks += [m.register_forward_hook(layer(b.block_size, mn)) for m, mn in zip(modules, mins)]
+    try:
+        yield model
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def quantize_dynamic_int8(path: Path) -> dict:
+    """Replace the float graph at `path` by onnxruntime's dynamic quantization of its MatMuls, as
+    an onnxruntime user would make it; return the settings used."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = path.with_name("int8." + path.name)
     large = path.with_name(path.name + ".data").exists()
+    # MatMulConstBOnly: attention's activation×activation MatMuls stay float. DefaultTensorType:
+    # ONNX shape inference cannot type the outputs of com.microsoft ops (the fused graph's).
+    settings = {"op_types_to_quantize": ["MatMul"], "weight_type": "QInt8", "per_channel": True,
+                "reduce_range": False, "extra_options": {"MatMulConstBOnly": True}}
     # The quantizer logs advice meant for vision models (run shape pre-processing) to the root logger.
     logging.disable(logging.WARNING)
     try:
-        # MatMulConstBOnly: attention's activation×activation MatMuls stay float. DefaultTensorType:
-        # ONNX shape inference cannot type the outputs of com.microsoft ops (the fused graph's).
         quantize_dynamic(path, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=True, use_external_data_format=large,
+                         per_channel=True, reduce_range=False, use_external_data_format=large,
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.disable(logging.NOTSET)
     save_model(onnx.load(str(target)), path)
     for leftover in (target, target.with_name(target.name + ".data")):
         leftover.unlink(missing_ok=True)
+    return settings

@@ -144,46 +144,72 @@ GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0)
 
 # (quant, accuracy level, graph) of each float-checkpoint export
 ONNX_EXPORTS = {"none": ("none", 4, "fused"), "plain": ("none", 4, "plain"), "int8": ("int8", 4, "fused"),
-                "int4": ("int4", 4, "fused"), "int4-level0": ("int4", 0, "fused")}
+                "int8-level0": ("int8", 0, "fused"), "int4": ("int4", 4, "fused"), "int4-level0": ("int4", 0, "fused")}
 # (scheme, asym, method) of each quantized checkpoint exported with its own blocks
 QUANTIZED_ONNX = {"int8-rtn": ("int8", False, "rtn"), "int4-gptq": ("int4", False, "gptq"),
                   "int4-asym-rtn": ("int4", True, "rtn")}
 
 
+def made_once(make):
+    """`make(name)` memoized for the session, its failure included: a failed export is made once
+    and fails every test that asks for it, and only those."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            try:
+                made[name] = make(name)
+            except Exception as e:  # noqa: BLE001 - re-raised to each test that asks for this one
+                made[name] = e
+        if isinstance(made[name], Exception):
+            raise made[name]
+        return made[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def exported(trained_checkpoint, onnx_model_dir, tmp_path_factory):
-    """The fixture checkpoint exported once per kind in ONNX_EXPORTS: {kind: directory} ("none" is
-    `onnx_model_dir`, the same export)."""
+    """`exported(kind)`: the fixture checkpoint exported as ONNX_EXPORTS[kind] says, made on first
+    use, each kind on its own ("none" is `onnx_model_dir`, the same export)."""
     from export.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("onnx")
-    out = {"none": onnx_model_dir}
-    for kind, (quant, level, graph) in ONNX_EXPORTS.items():
-        if kind not in out:
-            out[kind] = root / kind
-            export_onnx(trained_checkpoint, out[kind], quant=quant, log=lambda m: None, accuracy_level=level,
-                        graph=graph)
-    return out
+
+    def export(kind):
+        if kind == "none":
+            return onnx_model_dir
+        quant, level, graph = ONNX_EXPORTS[kind]
+        export_onnx(trained_checkpoint, root / kind, quant=quant, log=lambda m: None, accuracy_level=level,
+                    graph=graph)
+        return root / kind
+
+    return made_once(export)
 
 
 @pytest.fixture(scope="session")
 def quantized_exports(trained_checkpoint, tmp_path_factory):
-    """{name: (quantized checkpoint, its ONNX export at accuracy level 0)} for each of QUANTIZED_ONNX;
-    int4-gptq also at level 4, the default (as "int4-gptq-level4")."""
+    """`quantized_exports(name)`: (quantized checkpoint, its ONNX export at accuracy level 0) for a
+    name of QUANTIZED_ONNX, or at level 4, the CPU default, for that name + "-level4"; each made
+    on first use."""
     from export.onnx import export_onnx
     from quantize.quantizer import quantize_checkpoint
 
     root = tmp_path_factory.mktemp("onnx-quantized")
-    out = {}
-    for name, (scheme, asym, method) in QUANTIZED_ONNX.items():
-        checkpoint, directory = root / name, root / f"{name}-onnx"
-        quantize_checkpoint(trained_checkpoint, checkpoint, scheme, asym, method=method, calib_tokens=1024)
-        export_onnx(checkpoint, directory, log=lambda m: None, accuracy_level=0)
-        out[name] = checkpoint, directory
-    checkpoint = out["int4-gptq"][0]
-    export_onnx(checkpoint, root / "int4-gptq-level4", log=lambda m: None)
-    out["int4-gptq-level4"] = checkpoint, root / "int4-gptq-level4"
-    return out
+
+    def checkpoint(name):
+        scheme, asym, method = QUANTIZED_ONNX[name]
+        quantize_checkpoint(trained_checkpoint, root / name, scheme, asym, method=method, calib_tokens=1024)
+        return root / name
+
+    checkpoints = made_once(checkpoint)
+
+    def export(name):
+        source, level = (name.removesuffix("-level4"), 4) if name.endswith("-level4") else (name, 0)
+        export_onnx(checkpoints(source), root / f"{name}-onnx", log=lambda m: None, accuracy_level=level)
+        return checkpoints(source), root / f"{name}-onnx"
+
+    return made_once(export)
 
 
 @pytest.fixture(scope="module")

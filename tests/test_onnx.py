@@ -2,8 +2,9 @@
 
 Float32 parity with PyTorch (logits, greedy tokens, cached = full forward) for the fused and the
 plain graph, the graphs' names and dynamic axes, INT8/INT4 perplexity within the bounds
-docs/onnx.md states (accuracy levels 0 and 4), the INT4 blocks against onnxruntime's own
-quantizer, a self-contained directory, and one clear line for each bad input. Quantized
+docs/onnx.md states (accuracy levels 0 and 4), the INT8 blocks against gguf-py's q8_0 and the INT4
+blocks against onnxruntime's own quantizer, level-4 graphs costing what the modelled int8
+rounding of activations costs, a self-contained directory, and one clear line for each bad input. Quantized
 checkpoints (`tinyllm quantize`) exported with their own blocks: perplexity and greedy tokens
 equal to the PyTorch quantized runtime's, and MatMulNBits holding the checkpoint's codes; the
 CUDA variant. onnxruntime-genai, optimum-onnx and the genai builder are in test_onnx_tools.py.
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 import export.onnx as onnx_export
 from export.onnx_graph import matmul_weights, past_names, present_names
 from export.onnx_quant import dequantized_weights, int4_blocks
-from tests.conftest import GREEDY, onnx_export_cli, relative_error
+from tests.conftest import GREEDY, QUANTIZED_ONNX, onnx_export_cli, relative_error
 from tinyllm.cli import main as tinyllm_main
 from tinyllm.evaluate import evaluate
 from tinyllm.generate import generate_tokens
@@ -30,16 +31,17 @@ from tinyllm.runtime import load_runtime
 from tinyllm.runtime.onnx_runtime import OnnxRuntime
 from tinyllm.sampling import Sampler
 
-# Validation perplexity of the test-preset fixture relative to PyTorch float32. Measured: float32
-# ±0.000%, int8 +0.02%, int4 +0.47% (docs/onnx.md); the bounds leave room for another
+# Validation perplexity of the test-preset fixture relative to PyTorch float32. Measured on an AVX2
+# CPU: float32 ±0.000%, int8 -0.012% (level 4) and -0.003% (level 0), int4 +0.025% and +0.021%;
+# on AVX-512 with an earlier fixture, int4 +0.47% (docs/onnx.md). The bounds leave room for another
 # machine's rounding and onnxruntime's kernels, and still catch a wrongly packed or scaled weight.
-PPL_BOUNDS = {"none": 1e-5, "plain": 1e-5, "int8": 0.005, "int4": 0.03, "int4-level0": 0.03}
+PPL_BOUNDS = {"none": 1e-5, "plain": 1e-5, "int8": 0.005, "int8-level0": 0.005, "int4": 0.03, "int4-level0": 0.03}
 
 
 @pytest.fixture(scope="module", params=["none", "plain"])
 def onnx_runtime(exported, request):
     """The float32 export as onnxruntime runs it: the fused graph, then the plain one."""
-    return OnnxRuntime.load(exported[request.param], threads=1)
+    return OnnxRuntime.load(exported(request.param), threads=1)
 
 
 def test_float32_logits_equal_pytorch(torch_runtime, onnx_runtime):
@@ -82,8 +84,8 @@ def test_graph_names_dynamic_axes_and_grouped_cache(exported, trained_checkpoint
     model, _ = load_checkpoint(trained_checkpoint)
     c = model.config
     assert c.n_kv_heads < c.n_heads  # the fixture exercises grouped-query attention
-    fused_in, fused_out = graph_io(exported["none"])
-    plain_in, plain_out = graph_io(exported["plain"])
+    fused_in, fused_out = graph_io(exported("none"))
+    plain_in, plain_out = graph_io(exported("plain"))
     assert list(fused_in) == ["input_ids", "attention_mask", *past_names(c.n_layers)]
     assert list(plain_in) == ["input_ids", "attention_mask", "position_ids", *past_names(c.n_layers)]
     assert list(fused_out) == list(plain_out) == ["logits", *present_names(c.n_layers)]
@@ -91,12 +93,12 @@ def test_graph_names_dynamic_axes_and_grouped_cache(exported, trained_checkpoint
     assert fused_in["past_key_values.0.key"] == ["batch_size", c.n_kv_heads, "past_sequence_length", c.head_dim]
     assert plain_in["past_key_values.0.key"] == ["batch", c.n_kv_heads, "past_seq", c.head_dim]
     assert fused_out["logits"] == ["batch_size", "sequence_length", c.vocab_size]
-    genai = json.loads((exported["none"] / "genai_config.json").read_text())
+    genai = json.loads((exported("none") / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["num_key_value_heads"] == c.n_kv_heads and "tinyllm" not in genai
     assert genai["search"]["past_present_share_buffer"] is True
-    plain_genai = json.loads((exported["plain"] / "genai_config.json").read_text())
+    plain_genai = json.loads((exported("plain") / "genai_config.json").read_text())
     assert plain_genai["search"]["past_present_share_buffer"] is False
-    record = json.loads((exported["none"] / "config.json").read_text())["tinyllm"]["onnx"]
+    record = json.loads((exported("none") / "config.json").read_text())["tinyllm"]["onnx"]
     assert record["graph"] == "fused" and record["validation"]["float32"]["max_rel_error"] < 1e-4
 
     # Batch 2: eight tokens from an empty past, then one over the past (GroupQueryAttention takes
@@ -110,7 +112,7 @@ def test_graph_names_dynamic_axes_and_grouped_cache(exported, trained_checkpoint
     padded_mask = np.ones((2, 9), np.int64)
     padded_mask[1, :2] = 0
     for kind in ("none", "plain"):
-        session = ort.InferenceSession(str(exported[kind] / "model.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(exported(kind) / "model.onnx"), providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
 
         def run(mask):
@@ -130,13 +132,16 @@ def test_graph_names_dynamic_axes_and_grouped_cache(exported, trained_checkpoint
             assert relative_error(run(padded_mask)[1, 2:], padded_expected) < 1e-4
 
 
-def test_fused_graph_holds_the_builders_ops(exported):
-    ops = {kind: [n.op_type for n in onnx.load(str(d / "model.onnx")).graph.node] for kind, d in exported.items()}
-    for kind in ("none", "int8", "int4", "int4-level0"):
-        assert ops[kind].count("GroupQueryAttention") == 2 and ops[kind].count("SkipSimplifiedLayerNormalization") == 4
-        assert ops[kind].count("SimplifiedLayerNormalization") == 1
-    assert "GroupQueryAttention" not in ops["plain"] and "Softmax" in ops["plain"]
-    proto = onnx.load(str(exported["none"] / "model.onnx"))
+@pytest.mark.parametrize("kind", ["none", "int8", "int4", "int4-level0"])
+def test_fused_graph_holds_the_builders_ops(exported, kind):
+    ops = [n.op_type for n in onnx.load(str(exported(kind) / "model.onnx")).graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
+    assert ops.count("SimplifiedLayerNormalization") == 1
+    if kind != "none":
+        return
+    plain = [n.op_type for n in onnx.load(str(exported("plain") / "model.onnx")).graph.node]
+    assert "GroupQueryAttention" not in plain and "Softmax" in plain
+    proto = onnx.load(str(exported("none") / "model.onnx"))
     gqa = next(n for n in proto.graph.node if n.op_type == "GroupQueryAttention")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gqa.attribute}
     assert attrs["do_rotary"] == 1 and attrs["rotary_interleaved"] == 0 and attrs["kv_num_heads"] == 2
@@ -146,36 +151,47 @@ def test_fused_graph_holds_the_builders_ops(exported):
     assert "model.embed_tokens.weight" not in {i.name for i in proto.graph.initializer}
 
 
-def test_quantized_graphs_use_the_quantized_ops(exported):
-    ops = {q: {n.op_type for n in onnx.load(str(d / "model.onnx")).graph.node} for q, d in exported.items()}
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops["int8"]
-    assert "MatMulNBits" in ops["int4"] and "MatMulNBits" not in ops["none"]
-    for kind, level in (("int4", 4), ("int4-level0", 0)):
-        nbits = [n for n in onnx.load(str(exported[kind] / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
-        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == level
-        assert len(nbits) == 5 * 2 + 1  # packed qkv, o, gate, up, down per layer, and the head
+@pytest.mark.parametrize("kind, bits, level", [("int8", 8, 4), ("int8-level0", 8, 0), ("int4", 4, 4),
+                                               ("int4-level0", 4, 0)])
+def test_quantized_graphs_use_matmul_nbits(exported, kind, bits, level):
+    nodes = onnx.load(str(exported(kind) / "model.onnx")).graph.node
+    assert not {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in nodes}
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 5 * 2 + 1  # packed qkv, o, gate, up, down per layer, and the head
+    for node in nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (bits, 32, level)
 
 
-def test_validation_perplexity_within_stated_bounds(exported, torch_runtime):
+@pytest.mark.parametrize("kind", list(PPL_BOUNDS))
+def test_validation_perplexity_within_stated_bounds(exported, torch_runtime, kind):
     reference = evaluate(torch_runtime, progress=False)["ppl"]
-    for quant, directory in exported.items():
-        ppl = evaluate(load_runtime(directory, threads=1), progress=False)["ppl"]
-        print(f"{quant}: ppl {ppl:.4f} vs torch {reference:.4f} ({ppl / reference - 1:+.3%})")
-        assert abs(ppl / reference - 1) <= PPL_BOUNDS[quant], (quant, ppl, reference)
+    ppl = evaluate(load_runtime(exported(kind), threads=1), progress=False)["ppl"]
+    print(f"{kind}: ppl {ppl:.4f} vs torch {reference:.4f} ({ppl / reference - 1:+.3%})")
+    assert abs(ppl / reference - 1) <= PPL_BOUNDS[kind], (kind, ppl, reference)
 
 
-def test_weights_read_back_from_quantized_graphs(exported):
-    floats = matmul_weights(onnx.load(str(exported["none"] / "model.onnx")))
-    assert "model.layers.1.self_attn.qkv_proj.weight.T" in floats
-    int8 = dequantized_weights(onnx.load(str(exported["int8"] / "model.onnx")))
-    int4 = dequantized_weights(onnx.load(str(exported["int4"] / "model.onnx")))
-    assert set(int8) == set(int4) == set(floats) and "lm_head.weight.T" in floats
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_weights_read_back_from_quantized_graphs(exported, kind):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    floats = matmul_weights(onnx.load(str(exported("none") / "model.onnx")))
+    assert "model.layers.1.self_attn.qkv_proj.weight.T" in floats and "lm_head.weight.T" in floats
+    read_back = dequantized_weights(onnx.load(str(exported(kind) / "model.onnx")))
+    assert set(read_back) == set(floats)
     for name, weight in floats.items():
-        assert np.array_equal(int4[name], int4_blocks(weight).dequantize())
-        # Symmetric INT8 per output channel: within one step (max |column| / 127) of the float weight.
-        assert (np.abs(int8[name] - weight) <= np.abs(weight).max(axis=0) / 127 + 1e-7).all()
-        assert not np.array_equal(int8[name], weight)
+        if kind == "int4":
+            assert np.array_equal(read_back[name], int4_blocks(weight).dequantize())
+            continue
+        # GGML q8_0 as gguf-py (llama.cpp's converter) writes it: float16 scale max|block| / 127.
+        q8_0 = GGMLQuantizationType.Q8_0
+        assert np.array_equal(read_back[name], dequantize(quantize(weight.T, q8_0), q8_0).T), name
+        # ... so within half a step of the float weight, plus the float16 rounding of the step
+        # (2^-11 of it) times a code of up to 127 (and not equal to it).
+        step = np.repeat(np.abs(weight.T).reshape(weight.shape[1], -1, 32).max(-1) / 127, 32, axis=1).T
+        assert (np.abs(read_back[name] - weight) <= step * (0.5 + 127 / 2**11) + 1e-7).all()
+        assert not np.array_equal(read_back[name], weight)
 
 
 def test_int4_blocks_equal_onnxruntime_quantizer():
@@ -196,7 +212,7 @@ def test_int4_blocks_equal_onnxruntime_quantizer():
 
 def test_directory_is_self_contained(exported, torch_runtime, tmp_path):
     copy = tmp_path / "elsewhere"
-    shutil.copytree(exported["none"], copy)
+    shutil.copytree(exported("none"), copy)
     result = CliRunner().invoke(tinyllm_main, ["generate", str(copy), "--prompt", "Mira walked", "-n", "12",
                                                "--temperature", "0", "--repetition-penalty", "1"])
     assert result.exit_code == 0, result.output
@@ -225,7 +241,7 @@ def test_bad_options_write_nothing(trained_checkpoint, tmp_path, args, fragment)
 
 def test_existing_output_needs_force(trained_checkpoint, exported, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(exported["none"], out)
+    shutil.copytree(exported("none"), out)
     before = sorted(p.name for p in out.iterdir())
     assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", out), "--force")
     assert sorted(p.name for p in out.iterdir()) == before
@@ -240,16 +256,19 @@ def test_checkpoint_that_fails_to_load(trained_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
 
 
-def test_failed_validation_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(onnx_export.TOLERANCE, "none", 0.0)  # nothing is that exact: validation fails
-    assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", tmp_path / "out"), "failed validation")
+@pytest.mark.parametrize("quant, limit", [("none", "EXACT_TOLERANCE"), ("int8", "LEVEL4_KLD_FACTOR")])
+def test_failed_validation_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch, quant, limit):
+    monkeypatch.setattr(onnx_export, limit, 0.0)  # nothing is that exact: validation fails
+    monkeypatch.setattr(onnx_export, "LEVEL4_KLD_FLOOR", 0.0)
+    assert_one_line_error(onnx_export_cli(trained_checkpoint, "-o", tmp_path / "out", "--quant", quant),
+                          "failed validation")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cuda_without_onnxruntime_gpu_says_so(exported):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
-    result = CliRunner().invoke(tinyllm_main, ["generate", str(exported["none"]), "--device", "cuda", "-n", "2"])
+    result = CliRunner().invoke(tinyllm_main, ["generate", str(exported("none")), "--device", "cuda", "-n", "2"])
     assert_one_line_error(result, "onnxruntime-gpu")
 
 
@@ -270,6 +289,7 @@ def checkpoint_weights(checkpoint) -> dict:
             for name, entry in quantization_info(checkpoint)["tensors"].items()}
 
 
+QUANTIZED_EXPORTS = [*QUANTIZED_ONNX, "int8-rtn-level4", "int4-gptq-level4"]
 # Accuracy level 4 rounds activations to int8 per block inside MatMulNBits. Measured on the
 # int4-gptq fixture against the PyTorch quantized runtime of the same blocks (what level 0
 # reproduces): PPL +0.003%, mean KLD 3.7e-6, top-1 99.6% (docs/onnx.md); asserted with room for
@@ -277,17 +297,18 @@ def checkpoint_weights(checkpoint) -> dict:
 LEVEL4_BOUNDS = {"ppl_pct": 0.1, "kld": 1e-4}
 
 
-def test_quantized_checkpoint_perplexity_equals_pytorch(quantized_exports):
+@pytest.mark.parametrize("name", QUANTIZED_EXPORTS)
+def test_quantized_checkpoint_perplexity_equals_pytorch(quantized_exports, name):
     from tinyllm.runtime.quantized_runtime import QuantizedTorchRuntime
 
-    for name, (checkpoint, directory) in quantized_exports.items():
-        runtime = load_runtime(checkpoint, threads=1)
-        assert isinstance(runtime, QuantizedTorchRuntime)
-        expected = evaluate(runtime, progress=False)["ppl"]
-        ppl = evaluate(load_runtime(directory, threads=1), progress=False)["ppl"]
-        print(f"{name}: onnx ppl {ppl:.5f} vs torch quantized {expected:.5f} ({ppl / expected - 1:+.4%})")
-        bound = LEVEL4_BOUNDS["ppl_pct"] / 100 if name.endswith("level4") else 1e-3
-        assert abs(ppl / expected - 1) <= bound, (name, ppl, expected)
+    checkpoint, directory = quantized_exports(name)
+    runtime = load_runtime(checkpoint, threads=1)
+    assert isinstance(runtime, QuantizedTorchRuntime)
+    expected = evaluate(runtime, progress=False)["ppl"]
+    ppl = evaluate(load_runtime(directory, threads=1), progress=False)["ppl"]
+    print(f"{name}: onnx ppl {ppl:.5f} vs torch quantized {expected:.5f} ({ppl / expected - 1:+.4%})")
+    bound = LEVEL4_BOUNDS["ppl_pct"] / 100 if name.endswith("level4") else 1e-3
+    assert abs(ppl / expected - 1) <= bound, (name, ppl, expected)
 
 
 def test_accuracy_level_4_within_its_kld_bound(quantized_exports):
@@ -297,8 +318,8 @@ def test_accuracy_level_4_within_its_kld_bound(quantized_exports):
     from tinyllm.config import ModelConfig
     from tinyllm.perplexity import chunks
 
-    checkpoint = quantized_exports["int4-gptq"][0]
-    exact, fast = (load_runtime(quantized_exports[name][1], threads=1) for name in ("int4-gptq", "int4-gptq-level4"))
+    checkpoint = quantized_exports("int4-gptq")[0]
+    exact, fast = (load_runtime(quantized_exports(name)[1], threads=1) for name in ("int4-gptq", "int4-gptq-level4"))
     text = evaluation_text(ModelConfig.load(checkpoint / "config.json"), "validation")
     comparison = Comparison()
     for chunk in chunks(exact.tokenizer.encode(text, parse_special=False), exact.n_ctx):
@@ -309,53 +330,72 @@ def test_accuracy_level_4_within_its_kld_bound(quantized_exports):
     assert 0 < figures["kld_mean"] <= LEVEL4_BOUNDS["kld"] and figures["top1_agreement"] > 0.9
 
 
-def test_matmul_nbits_holds_the_checkpoints_blocks(quantized_exports):
+# Export validation holds a level-4 graph to at most LEVEL4_KLD_FACTOR times the mean KLD of the
+# modelled int8 rounding of activations (export/onnx_quant.level4_rounding). The model is
+# onnxruntime's own arithmetic, so the ratio export records sits at 1 (docs/onnx.md: 0.95-1.00 on
+# AVX2); at 0.5 or below the kernels would no longer round as modelled, and the bound no longer mean
+# what it says.
+@pytest.mark.parametrize("source, name", [("float", "int8"), ("float", "int4"), ("checkpoint", "int8-rtn-level4"),
+                                          ("checkpoint", "int4-gptq-level4"), ("checkpoint", "int4-asym-rtn-level4")])
+def test_level4_graphs_cost_what_the_modelled_rounding_costs(exported, quantized_exports, source, name):
+    directory = exported(name) if source == "float" else quantized_exports(name)[1]
+    record = json.loads((directory / "config.json").read_text())["tinyllm"]["onnx"]
+    (quant, validation), = record["validation"].items() if source == "checkpoint" else \
+        [(name, record["validation"][name])]
+    print(f"{name}: mean KLD {validation['kld_mean']:.3e}, modelled {validation['modelled']['kld_mean']:.3e}, "
+          f"ratio {validation['kld_ratio']:.4f}")
+    assert 0.5 < validation["kld_ratio"] <= onnx_export.LEVEL4_KLD_FACTOR
+    assert validation["kld_mean"] > 0 and validation["top1_agreement"] > 0.9
+
+
+@pytest.mark.parametrize("name", QUANTIZED_EXPORTS)
+def test_matmul_nbits_holds_the_checkpoints_blocks(quantized_exports, name):
     """The initializers are the checkpoint's codes and scales re-laid out, not re-quantized."""
     from quantize.schemes import matmul_nbits
 
-    for name, (checkpoint, directory) in quantized_exports.items():
-        proto = onnx.load(str(directory / "model.onnx"))
-        inits = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
-        nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
-        assert len(nodes) == 5 * 2 + 1 and "MatMulInteger" not in {n.op_type for n in proto.graph.node}
-        level = 4 if name.endswith("level4") else 0  # 0: float32 activations, as the PyTorch runtime
-        assert all(onnx.helper.get_attribute_value(a) == level for n in nodes for a in n.attribute
-                   if a.name == "accuracy_level")
-        weights = checkpoint_weights(checkpoint)
-        q = weights["model.layers.0.self_attn.q_proj.weight"]
-        if q.scheme.bits == 4 and not q.scheme.asym:
-            # q's blocks are the first rows of the packed q|k|v weight, byte for byte.
-            blocks, rows = matmul_nbits(q), q.shape[0]
-            assert np.array_equal(inits["model.layers.0.self_attn.qkv_proj.weight.T.q4"][:rows], blocks["B"])
-            assert np.array_equal(inits["model.layers.0.self_attn.qkv_proj.weight.T.scales"][:blocks["scales"].size],
-                                  blocks["scales"].astype(np.float32).reshape(-1))
-        # The tied embedding is the head: q8_0 codes c stored as c + 128 (MatMulNBits' zero point 128).
-        head = weights["model.embed_tokens.weight"]
-        assert head.scheme.bits == 8
-        assert np.array_equal(inits["lm_head.weight.T.q8"].reshape(head.codes.shape),
-                              head.codes.numpy().astype(np.int16) + 128)
-        # Every quantized matrix reads back as exactly the weights the checkpoint's dequantize gives.
-        read_back = dequantized_weights(proto)
-        for i in range(2):
-            prefix = f"model.layers.{i}.self_attn."
-            packed = np.concatenate([weights[f"{prefix}{p}_proj.weight"].dequantize().numpy().T for p in "qkv"], axis=1)
-            assert np.array_equal(read_back.pop(f"{prefix}qkv_proj.weight.T"), packed), name
-        for tensor, qw in weights.items():
-            graph_name = "lm_head.weight.T" if tensor == "model.embed_tokens.weight" else tensor + ".T"
-            if graph_name in read_back:
-                assert np.array_equal(read_back[graph_name], qw.dequantize().numpy().T), (name, tensor)
-        assert len(read_back) == 4 * 2 + 1  # o, gate, up, down per layer, and the head
-        # The embedding lookup reads the head's own q8_0 codes (GatherBlockQuantized, exact): no float table.
-        assert "model.embed_tokens.weight" not in inits
-        gather = next(n for n in proto.graph.node if n.op_type == "GatherBlockQuantized")
-        reshape = next(n for n in proto.graph.node if n.output[0] == gather.input[0])
-        assert reshape.input[0] == "lm_head.weight.T.q8"
+    checkpoint, directory = quantized_exports(name)
+    proto = onnx.load(str(directory / "model.onnx"))
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 5 * 2 + 1 and "MatMulInteger" not in {n.op_type for n in proto.graph.node}
+    level = 4 if name.endswith("level4") else 0  # 0: float32 activations, as the PyTorch runtime
+    assert all(onnx.helper.get_attribute_value(a) == level for n in nodes for a in n.attribute
+               if a.name == "accuracy_level")
+    weights = checkpoint_weights(checkpoint)
+    q = weights["model.layers.0.self_attn.q_proj.weight"]
+    if q.scheme.bits == 4 and not q.scheme.asym:
+        # q's blocks are the first rows of the packed q|k|v weight, byte for byte.
+        blocks, rows = matmul_nbits(q), q.shape[0]
+        assert np.array_equal(inits["model.layers.0.self_attn.qkv_proj.weight.T.q4"][:rows], blocks["B"])
+        assert np.array_equal(inits["model.layers.0.self_attn.qkv_proj.weight.T.scales"][:blocks["scales"].size],
+                              blocks["scales"].astype(np.float32).reshape(-1))
+    # The tied embedding is the head: q8_0 codes c stored as c + 128 (MatMulNBits' zero point 128).
+    head = weights["model.embed_tokens.weight"]
+    assert head.scheme.bits == 8
+    assert np.array_equal(inits["lm_head.weight.T.q8"].reshape(head.codes.shape),
+                          head.codes.numpy().astype(np.int16) + 128)
+    # Every quantized matrix reads back as exactly the weights the checkpoint's dequantize gives.
+    read_back = dequantized_weights(proto)
+    for i in range(2):
+        prefix = f"model.layers.{i}.self_attn."
+        packed = np.concatenate([weights[f"{prefix}{p}_proj.weight"].dequantize().numpy().T for p in "qkv"], axis=1)
+        assert np.array_equal(read_back.pop(f"{prefix}qkv_proj.weight.T"), packed), name
+    for tensor, qw in weights.items():
+        graph_name = "lm_head.weight.T" if tensor == "model.embed_tokens.weight" else tensor + ".T"
+        if graph_name in read_back:
+            assert np.array_equal(read_back[graph_name], qw.dequantize().numpy().T), (name, tensor)
+    assert len(read_back) == 4 * 2 + 1  # o, gate, up, down per layer, and the head
+    # The embedding lookup reads the head's own q8_0 codes (GatherBlockQuantized, exact): no float table.
+    assert "model.embed_tokens.weight" not in inits
+    gather = next(n for n in proto.graph.node if n.op_type == "GatherBlockQuantized")
+    reshape = next(n for n in proto.graph.node if n.output[0] == gather.input[0])
+    assert reshape.input[0] == "lm_head.weight.T.q8"
 
 
 def test_quantized_checkpoint_greedy_generation_equals_pytorch(quantized_exports):
     # Logits agree to ~1e-6 relative (float32 rounding), far inside any gap between the top two
     # tokens of this model's 32 greedy steps; so the tokens are asserted identical.
-    checkpoint, directory = quantized_exports["int4-gptq"]
+    checkpoint, directory = quantized_exports("int4-gptq")
     expected_runtime, runtime = load_runtime(checkpoint, threads=1), load_runtime(directory, threads=1)
     prompt = runtime.tokenizer.encode("Mira walked to the harbour")
     expected = list(generate_tokens(expected_runtime, prompt, 32, Sampler(GREEDY)))
@@ -369,26 +409,26 @@ def test_quantized_checkpoint_greedy_generation_equals_pytorch(quantized_exports
     ("int8-rtn", "int3", "unknown"),
 ])
 def test_quantized_checkpoint_with_another_quant_is_refused(quantized_exports, tmp_path, name, quant, fragment):
-    checkpoint, _ = quantized_exports[name]
+    checkpoint, _ = quantized_exports(name)
     assert_one_line_error(onnx_export_cli(checkpoint, "-o", tmp_path / "out", "--quant", quant), fragment)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_quantized_checkpoint_exports_by_cli_with_its_own_scheme(quantized_exports, tmp_path):
-    checkpoint, _ = quantized_exports["int8-rtn"]
+    checkpoint, _ = quantized_exports("int8-rtn")
     result = onnx_export_cli(checkpoint, "-o", tmp_path / "out", "--accuracy-level", "0")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "config.json").read_text())["tinyllm"]["onnx"]
     assert record["quant"] == "int8" and record["quantized_checkpoint"]["scheme"] == "int8"
     assert record["quantized_checkpoint"]["accuracy_level"] == 0
-    assert record["validation"]["int8"]["max_rel_error"] <= onnx_export.CHECKPOINT_TOLERANCE
+    assert record["validation"]["int8"]["max_rel_error"] <= onnx_export.EXACT_TOLERANCE
 
 
 # --- the CUDA variant ------------------------------------------------------------------------------
 
 def test_cuda_variant_is_the_builders_float16_graph(quantized_exports, tmp_path):
     """Written (and validated, on the CPU provider where there is no GPU) without a GPU."""
-    checkpoint, _ = quantized_exports["int4-gptq"]
+    checkpoint, _ = quantized_exports("int4-gptq")
     result = onnx_export_cli(checkpoint, "-o", tmp_path / "cuda", "--device", "cuda")
     assert result.exit_code == 0, result.output
     proto = onnx.load(str(tmp_path / "cuda" / "model.onnx"))
@@ -407,7 +447,7 @@ def test_cuda_variant_is_the_builders_float16_graph(quantized_exports, tmp_path)
 def test_cuda_variant_runs_on_the_gpu(quantized_exports, tmp_path):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a GPU and onnxruntime-gpu (CUDAExecutionProvider)")
-    checkpoint, _ = quantized_exports["int4-gptq"]
+    checkpoint, _ = quantized_exports("int4-gptq")
     onnx_export.export_onnx(checkpoint, tmp_path / "cuda", device="cuda", log=lambda m: None)
     runtime = load_runtime(tmp_path / "cuda", device="cuda")
     assert runtime.describe().startswith("onnxruntime-int4 on CUDAExecutionProvider")

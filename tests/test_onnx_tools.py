@@ -49,8 +49,8 @@ OG_TOKENS = 24
 @pytest.mark.parametrize("kind", list(ONNX_EXPORTS))
 def test_onnxruntime_genai_runs_every_export_of_a_float_checkpoint(exported, torch_runtime, kind):
     prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
-    tokens, logits = og_greedy(exported[kind], prompt, OG_TOKENS)
-    ours = load_runtime(exported[kind], threads=1)
+    tokens, logits = og_greedy(exported(kind), prompt, OG_TOKENS)
+    ours = load_runtime(exported(kind), threads=1)
     # The same graph under onnxruntime-genai and tinyllm's runtime: the same tokens and logits.
     assert tokens == list(generate_tokens(ours, prompt, OG_TOKENS, Sampler(GREEDY)))
     assert relative_error(logits, stepwise_logits(ours, prompt, tokens)) < 1e-5
@@ -59,9 +59,9 @@ def test_onnxruntime_genai_runs_every_export_of_a_float_checkpoint(exported, tor
         assert relative_error(logits, stepwise_logits(torch_runtime, prompt, tokens)) < 1e-4
 
 
-@pytest.mark.parametrize("name", [*QUANTIZED_ONNX, "int4-gptq-level4"])
+@pytest.mark.parametrize("name", [*QUANTIZED_ONNX, "int8-rtn-level4", "int4-gptq-level4"])
 def test_onnxruntime_genai_runs_every_export_of_a_quantized_checkpoint(quantized_exports, name):
-    checkpoint, directory = quantized_exports[name]
+    checkpoint, directory = quantized_exports(name)
     torch_quantized = load_runtime(checkpoint, threads=1)
     prompt = torch_quantized.tokenizer.encode("Mira walked to the harbour")
     tokens, logits = og_greedy(directory, prompt, OG_TOKENS)
@@ -73,7 +73,7 @@ def test_onnxruntime_genai_runs_every_export_of_a_quantized_checkpoint(quantized
 
 def test_onnxruntime_genai_tokenizes_as_tinyllm(exported, torch_runtime):
     og = require("onnxruntime_genai", "pip install -e '.[test]'")
-    tokenizer = og.Tokenizer(og.Model(str(exported["int4"])))
+    tokenizer = og.Tokenizer(og.Model(str(exported("int4"))))
     for text in ("Mira walked to the harbour.", "<|im_start|>user\nWhere?<|im_end|>\n",
                  "héllo — 日本語 🙂\ttabs  and\n\nnewlines", "  two leading spaces"):
         assert tokenizer.encode(text).tolist() == torch_runtime.tokenizer.encode(text), text
@@ -87,8 +87,8 @@ def test_optimum_loads_the_exports(exported, torch_runtime, kind):
     require("optimum.onnxruntime", "pip install -e '.[test]'")
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    model = ORTModelForCausalLM.from_pretrained(str(exported[kind]), use_cache=True)
-    ours = load_runtime(exported[kind], threads=1)
+    model = ORTModelForCausalLM.from_pretrained(str(exported(kind)), use_cache=True)
+    ours = load_runtime(exported(kind), threads=1)
     prompt = torch_runtime.tokenizer.encode("Mira walked to the harbour")
     ids = torch.tensor([prompt])
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
