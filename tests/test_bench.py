@@ -17,8 +17,8 @@ from tinyllm.bench.formats import FORMATS, PARITY_PCT
 from tinyllm.bench.kld import Comparison, Reference, decode, encode
 from tinyllm.llama_cpp import INSTALL_COMMAND
 
-FORMATS_RUN = ("torch-f32,torch-int8,torch-int4-gptq,onnx-f32,onnx-int8,onnx-int4,onnx-int4-level0,"
-               "onnx-int4-genai-builder,gguf-f32,gguf-q8_0,gguf-q4_0")
+FORMATS_RUN = ("torch-f32,torch-int8,torch-int4-gptq,onnx-f32,onnx-int8,onnx-int8-level0,onnx-int8-dynamic,onnx-int4,"
+               "onnx-int4-level0,onnx-int4-genai-builder,gguf-f32,gguf-q8_0,gguf-q4_0")
 # Eager torch rows: compiling a graph per row would cost more than the rest of the run
 # (tests/test_compiled.py runs the bench's compiled row once, on its graph already compiled).
 FAST = ["--warmup", "0", "--repeats", "2", "--prompt-tokens", "16", "--decode-tokens", "8", "--calib-tokens", "2048",
@@ -79,10 +79,15 @@ def test_fidelity_is_measured_against_torch_f32(bench):
     for name in ("onnx-int8", "gguf-q8_0"):
         assert rows[name]["ppl"] == pytest.approx(rows["torch-int8"]["ppl"], rel=PARITY_PCT / 100)
     assert rows["torch-int8"]["bits_per_weight"] < 10 < rows["torch-f32"]["bits_per_weight"]
-    # int4: level 0 is the PyTorch runtime of the same blocks; level 4 and llama.cpp both round the
-    # activations to 8 bits, and land as close; onnxruntime-genai's builder rounds its own blocks.
-    assert rows["onnx-int4-level0"]["ppl"] == pytest.approx(rows["torch-int4-gptq"]["ppl"], rel=1e-5)
-    assert rows["onnx-int4"]["kld_mean"] <= FORMATS["onnx-int4"].kld_vs[1] * rows["gguf-q4_0"]["kld_mean"]
+    # Level 0 is the PyTorch runtime of the same blocks; level 4 and llama.cpp both round the
+    # activations to 8 bits per block of 32, and land as close; onnxruntime-genai's builder rounds
+    # its own blocks; quantize_dynamic is onnxruntime's, measured beside as what a user would run.
+    for bits, source, llama_cpp in (("int8", "torch-int8", "gguf-q8_0"), ("int4", "torch-int4-gptq", "gguf-q4_0")):
+        assert rows[f"onnx-{bits}-level0"]["ppl"] == pytest.approx(rows[source]["ppl"], rel=1e-5)
+        assert rows[f"onnx-{bits}"]["kld_mean"] <= FORMATS[f"onnx-{bits}"].kld_vs[1] * rows[llama_cpp]["kld_mean"]
+    dynamic = rows["onnx-int8-dynamic"]
+    assert dynamic["made_by"] == "onnxruntime" and "MatMulInteger" in dynamic["describe"] and dynamic["kld_mean"] > 0
+    assert dynamic["size_bytes"] < rows["onnx-f32"]["size_bytes"]
     assert rows["onnx-int4-genai-builder"]["kld_mean"] > rows["onnx-int4"]["kld_mean"] > 0
     assert "a graph tinyllm did not write" in rows["onnx-int4-genai-builder"]["describe"]
 

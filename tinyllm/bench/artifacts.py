@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,8 @@ class Artifacts:
             return None, self._calibration_text(target)
         if fmt.make == "llama-imatrix":
             return None, self._imatrix(source, target)
+        if fmt.make == "onnx-dynamic":
+            return None, self._dynamic_int8(source, target)
         if fmt.make == "onnx":
             from export.onnx import export_onnx
 
@@ -180,6 +183,25 @@ class Artifacts:
             if proc.returncode != 0:
                 raise _tool_failure(f"llama-quantize {fmt.params['type']}", proc)
         return None, {}
+
+    @staticmethod
+    def _dynamic_int8(source: Path, target: Path) -> dict:
+        """onnxruntime's quantize_dynamic of the float32 ONNX directory `source`, written to `target`,
+        its config.json's export record saying so (the runtime names the row's kernels from it)."""
+        from export.onnx_quant import quantize_dynamic_int8
+        from tinyllm.runtime.onnx_runtime import EXPORT_RECORD, MODEL_FILE
+
+        for path in source.iterdir():
+            if path.name != RECORD:
+                shutil.copy2(path, target / path.name)
+        settings = quantize_dynamic_int8(target / MODEL_FILE)
+        config = json.loads((target / CONFIG_FILE).read_text(encoding="utf-8"))
+        record = config["tinyllm"][EXPORT_RECORD]
+        record.pop("validation", None)  # the float32 graph's, not this one's
+        record.update(quant="int8-dynamic", **{"int8-dynamic": {
+            "ops": "onnxruntime dynamic INT8 (DynamicQuantizeLinear + MatMulInteger)", **settings}})
+        atomic_write_text(target / CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        return {"quantize_dynamic": settings}
 
     def _sensitivity(self, fmt: Format) -> Path | None:
         """An auto row already made this run by the same method: its per-tensor divergences plan

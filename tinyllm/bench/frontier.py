@@ -13,7 +13,8 @@ fronts from a saved results.json.
 from __future__ import annotations
 
 KLD_FACTOR = 0.5
-LLAMA_CPP = "llama.cpp"  # `made_by` of the rows llama-quantize made; every other row is tinyllm's
+LLAMA_CPP = "llama.cpp"  # `made_by` of the rows llama-quantize made
+TINYLLM = "tinyllm"  # `made_by` of tinyllm's own files (the onnxruntime anchors' are onnxruntime's)
 
 
 def _point(row: dict) -> bool:
@@ -21,7 +22,7 @@ def _point(row: dict) -> bool:
 
 
 def tinyllm_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if _point(r) and r.get("made_by") != LLAMA_CPP]
+    return [r for r in rows if _point(r) and r.get("made_by") == TINYLLM]
 
 
 def tinyllm_files(rows: list[dict]) -> list[dict]:

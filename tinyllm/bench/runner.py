@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tinyllm import __version__
 from tinyllm.bench.artifacts import Artifacts, artifact_bytes
 from tinyllm.bench.formats import FORMATS, PARITY_PCT, REFERENCE, Format, check_bounds, parity
-from tinyllm.bench.frontier import goal_summary
+from tinyllm.bench.frontier import LLAMA_CPP, TINYLLM, goal_summary
 from tinyllm.bench.llama_rows import bench_flags, kl_divergence, llama_bench, server_check
 from tinyllm.bench.machine import machine_info, usable_cpus
 from tinyllm.bench.measure import SpeedSettings, in_child, measure_row
@@ -34,6 +34,8 @@ from tinyllm.perplexity import chunks as split_chunks
 from tinyllm.tokenizer import Tokenizer
 
 REFERENCE_FILE = "reference-torch-f32.kld"
+# Who made each artifact, by its maker; the rest are tinyllm's (frontier.py counts only those as ours).
+MADE_BY = {"llama-quantize": LLAMA_CPP, "genai-builder": "onnxruntime-genai", "onnx-dynamic": "onnxruntime"}
 
 
 def evaluation_text(config: ModelConfig, data: str) -> str:
@@ -84,7 +86,7 @@ class Bench:
     def measure(self, fmt: Format) -> dict:
         artifact = self.artifacts.get(fmt)
         row = {"format": fmt.name, "runtime": fmt.runtime, "source": fmt.what, "path": str(artifact.path),
-               "made_by": "llama.cpp" if fmt.make == "llama-quantize" else "tinyllm", "imatrix": fmt.imatrix,
+               "made_by": MADE_BY.get(fmt.make, TINYLLM), "imatrix": fmt.imatrix,
                "build_seconds": artifact.build_seconds, "cached": artifact.cached,
                "size_bytes": artifact_bytes(fmt, artifact.path)}
         target_bpw = self.artifacts.target_bpw(fmt)

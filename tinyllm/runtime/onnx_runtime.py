@@ -59,7 +59,7 @@ def providers_for(device: str) -> tuple[list, str, int]:
                            f"(it has {', '.join(available)}); install onnxruntime-gpu in place of "
                            "onnxruntime, or use --device cpu")
     index = int(index or 0)
-    # Nodes CUDA lacks kernels for (INT8 MatMulInteger among them) fall back to the CPU provider.
+    # Nodes CUDA lacks kernels for fall back to the CPU provider.
     return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], "cuda", index
 
 
@@ -180,8 +180,7 @@ class OnnxRuntime(Runtime):
         if not self.record:
             return f"{self.name} on {provider} ({threads} intra-op threads, a graph tinyllm did not write)"
         quant = self.record.get("quant")
-        kernels = {"none": "float32 MatMul", "int8": "dynamic INT8 MatMulInteger"}.get(quant, "INT4 MatMulNBits")
-        nbits = self.record.get("quantized_checkpoint") or self.record.get("int4")
-        if nbits:
-            kernels = f"MatMulNBits at accuracy level {nbits['accuracy_level']}"
+        how = self.record.get("quantized_checkpoint") or self.record.get(quant) or {}
+        kernels = (f"MatMulNBits at accuracy level {how['accuracy_level']}" if "accuracy_level" in how
+                   else how.get("ops", "float32 MatMul"))
         return f"{self.name} on {provider} ({threads} intra-op threads, {self.record.get('graph')} graph, {kernels})"
