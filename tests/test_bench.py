@@ -138,3 +138,24 @@ def test_bad_input_gets_one_clear_line(trained_checkpoint, tmp_path, monkeypatch
     for result in (bad, missing, unreadable):
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "results.json").exists()
+
+
+def test_rounds_tool_times_a_runs_rows_back_to_back(bench, tmp_path):
+    """tools/bench_rounds.py on the run's results.json: every row timed once per round, and the ratio per round."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _, _ = bench
+    tool = Path(__file__).resolve().parent.parent / "tools" / "bench_rounds.py"
+    proc = subprocess.run([sys.executable, str(tool), str(out / "results.json"), "--formats", "onnx-f32,onnx-int8,gguf-q8_0",
+                           "--ratio", "onnx-int8/gguf-q8_0", "--rounds", "2", "--repeats", "1", "--warmup", "0",
+                           "--prompt-tokens", "16", "--decode-tokens", "8", "--json", str(tmp_path / "rounds.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "rounds.json").read_text())
+    assert {name: len(v) for name, v in figures["decode_tps"].items()} == {"onnx-f32": 2, "onnx-int8": 2, "gguf-q8_0": 2}
+    assert all(x > 0 for v in figures["decode_tps"].values() for x in v)
+    ratio = figures["ratios"]["onnx-int8/gguf-q8_0"]
+    assert len(ratio["samples"]) == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "onnx-int8/gguf-q8_0:" in proc.stdout

@@ -48,7 +48,7 @@ def set_threads(threads: int | None) -> int:
 
 
 def machine_line(info: dict) -> str:
-    return (f"{info['cpu_model']} ({info['cpus_usable']} usable of {info['cpu_count']} CPUs); "
+    return (f"{info['cpu_model']} ({info['isa']}; {info['cpus_usable']} usable of {info['cpu_count']} CPUs); "
             f"torch {info['torch']}, {info['torch_threads']} threads; python {info['python']}")
 
 

@@ -1,4 +1,4 @@
-"""The machine a figure was measured on: CPU model, usable CPUs, load, library versions.
+"""The machine a figure was measured on: CPU model and vector ISA, usable CPUs, load, library versions.
 
 Written next to every benchmark figure (`tinyllm bench` and the scripts under tools/), because a
 number means little without the machine and how busy it was.
@@ -27,6 +27,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The x86 flags that change which kernels llama.cpp, onnxruntime (MLAS) and tinyllm's own run, and
+# so their speed, and, where a kernel rounds, their results.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_isa() -> str:
+    """The ISA flags of ISA_FLAGS this CPU has ('avx2 fma', 'avx2 fma avx512f avx512_vnni', …), or
+    the machine's architecture where /proc/cpuinfo has no x86 flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    present = [flag for flag in ISA_FLAGS if flag in flags]
+    return " ".join(present) if flags else platform.machine()
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity), which a container may set below cpu_count."""
     try:
@@ -40,6 +57,7 @@ def machine_info() -> dict:
     load = load_average()
     return {
         "cpu_model": _cpu_model(),
+        "isa": cpu_isa(),
         "processor": platform.processor(),
         "machine": platform.machine(),
         "platform": platform.platform(),

@@ -97,7 +97,8 @@ def _cells(row: dict) -> list[str]:
 
 def machine_line(results: dict) -> str:
     m = results.get("machine") or {}
-    return (f"machine: {m.get('cpu_model') or 'unknown CPU'}, {m.get('cpus_usable', '?')} usable CPUs"
+    isa = f" ({m['isa']})" if m.get("isa") else ""
+    return (f"machine: {m.get('cpu_model') or 'unknown CPU'}{isa}, {m.get('cpus_usable', '?')} usable CPUs"
             f" of {m.get('cpu_count', '?')}, {results.get('threads', '?')} threads"
             f", device {results.get('device', '?')}")
 
