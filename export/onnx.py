@@ -336,8 +336,9 @@ def validate(directory: Path, model: Transformer, quant: str, log: Callable[[str
         failure = f"logits differ from {against} by {result['max_rel_error']:.2e} relative (tolerance {tolerance:.2g})"
     if to_float32:
         result["vs_float32"] = errors(got, float32)
-        log(f"  {label} vs PyTorch float32: max rel error {result['vs_float32']['max_rel_error']:.2e}, "
-            f"mean KLD {result['vs_float32']['kld_mean']:.2e}, top-1 agreement {result['vs_float32']['top1_agreement']:.1%}")
+        far = result["vs_float32"]
+        log(f"  {label} vs PyTorch float32: max rel error {far['max_rel_error']:.2e}, mean KLD {far['kld_mean']:.2e}, "
+            f"top-1 agreement {far['top1_agreement']:.1%}")
     if not passed:
         raise TinyLLMError(f"ONNX export failed validation: the {label} graph's {failure}; nothing was written")
     return result

@@ -146,15 +146,17 @@ def test_rounds_tool_times_a_runs_rows_back_to_back(bench, tmp_path):
     import sys
     from pathlib import Path
 
-    out, _, _ = bench
+    _, results, _ = bench
+    (tmp_path / "results.json").write_text(json.dumps(results))  # the run's own (a later test benches again)
     tool = Path(__file__).resolve().parent.parent / "tools" / "bench_rounds.py"
-    proc = subprocess.run([sys.executable, str(tool), str(out / "results.json"), "--formats", "onnx-f32,onnx-int8,gguf-q8_0",
-                           "--ratio", "onnx-int8/gguf-q8_0", "--rounds", "2", "--repeats", "1", "--warmup", "0",
-                           "--prompt-tokens", "16", "--decode-tokens", "8", "--json", str(tmp_path / "rounds.json")],
-                          capture_output=True, text=True)
+    argv = [str(tmp_path / "results.json"), "--formats", "onnx-f32,onnx-int8,gguf-q8_0",
+            "--ratio", "onnx-int8/gguf-q8_0", "--rounds", "2", "--repeats", "1", "--warmup", "0", "--prompt-tokens", "16", "--decode-tokens", "8",
+            "--json", str(tmp_path / "rounds.json")]
+    proc = subprocess.run([sys.executable, str(tool), *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads((tmp_path / "rounds.json").read_text())
-    assert {name: len(v) for name, v in figures["decode_tps"].items()} == {"onnx-f32": 2, "onnx-int8": 2, "gguf-q8_0": 2}
+    assert {name: len(v) for name, v in figures["decode_tps"].items()} == \
+        {"onnx-f32": 2, "onnx-int8": 2, "gguf-q8_0": 2}
     assert all(x > 0 for v in figures["decode_tps"].values() for x in v)
     ratio = figures["ratios"]["onnx-int8/gguf-q8_0"]
     assert len(ratio["samples"]) == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]

@@ -102,9 +102,9 @@ def main(results, formats_spec, ratio_specs, rounds, repeats, warmup, threads, p
                f"decode of {decode_tokens} tokens after {prompt_tokens}; {rounds} rounds × {repeats} repeats")
     click.echo(table(["row", "decode tok/s, median of rounds (min–max)"],
                      [[n, spread(summarize(v))] for n, v in figures.items()]))
-    for spec, stats in per_round.items():
-        click.echo(f"{spec}: {spread(stats, '{:.2f}')} (median per-round ratio; "
-                   f"ratio of medians {statistics.median(figures[spec.split('/')[0]]) / statistics.median(figures[spec.split('/')[1]]):.2f})")
+    for (a, b), (spec, stats) in zip(ratios, per_round.items()):
+        of_medians = statistics.median(figures[a]) / statistics.median(figures[b])
+        click.echo(f"{spec}: {spread(stats, '{:.2f}')} (median per-round ratio; ratio of medians {of_medians:.2f})")
     write_json(json_path, {"results": str(results), "machine": info, "threads": threads, "rounds": rounds,
                            "repeats": repeats, "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
                            "decode_tps": figures, "ratios": per_round})
