@@ -342,8 +342,7 @@ def test_accuracy_level_4_within_its_kld_bound(quantized_exports, name):
 def test_level4_graphs_cost_what_the_modelled_rounding_costs(exported, quantized_exports, source, name):
     directory = exported(name) if source == "float" else quantized_exports(name)[1]
     record = json.loads((directory / "config.json").read_text())["tinyllm"]["onnx"]
-    (quant, validation), = record["validation"].items() if source == "checkpoint" else \
-        [(name, record["validation"][name])]
+    validation = record["validation"][record["quant"]]
     print(f"{name}: mean KLD {validation['kld_mean']:.3e}, modelled {validation['modelled']['kld_mean']:.3e}, "
           f"ratio {validation['kld_ratio']:.4f}")
     assert 0.5 < validation["kld_ratio"] <= onnx_export.LEVEL4_KLD_FACTOR
